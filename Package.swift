@@ -1,0 +1,129 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "aftercare",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "aftercare", targets: ["aftercare"]),
+        .executable(name: "aftercare-bench", targets: ["AftercareBenchmarks"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Domain types, the planner, templates and the clock. Foundation only: no I/O.
+        .target(name: "AftercareCore", swiftSettings: swiftSettings),
+        // The TOML config and protocol files, with file-and-line errors.
+        .target(
+            name: "AftercareConfig",
+            dependencies: ["AftercareCore", .product(name: "TOMLKit", package: "TOMLKit")],
+            swiftSettings: swiftSettings
+        ),
+        // SQLite persistence: migrations, the reminder state machine, the delivery log.
+        .target(
+            name: "AftercareStore",
+            dependencies: [
+                "AftercareCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // libcurl with typed shims for its variadic calls.
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        // The curl wrapper, the Sender protocol and the shipped senders.
+        .target(
+            name: "AftercareDelivery",
+            dependencies: [
+                "AftercareCore",
+                "CCurl",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The scheduler service: intake, dispatch, recovery, systemd notify, reload.
+        .target(
+            name: "AftercareDaemon",
+            dependencies: [
+                "AftercareCore",
+                "AftercareConfig",
+                "AftercareStore",
+                "AftercareDelivery",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The one binary: `aftercare daemon` and the staff commands.
+        .executableTarget(
+            name: "aftercare",
+            dependencies: [
+                "AftercareCore",
+                "AftercareConfig",
+                "AftercareStore",
+                "AftercareDelivery",
+                "AftercareDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // On-demand benchmarks that print their figures (never run by the test suite).
+        .executableTarget(
+            name: "AftercareBenchmarks",
+            dependencies: [
+                "AftercareCore",
+                "AftercareConfig",
+                "AftercareStore",
+                "AftercareDelivery",
+                "AftercareDaemon",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/AftercareBenchmarks",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "AftercareCoreTests", dependencies: ["AftercareCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "AftercareConfigTests",
+            dependencies: ["AftercareConfig", "AftercareCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareStoreTests",
+            dependencies: ["AftercareStore", "AftercareCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareDeliveryTests",
+            dependencies: ["AftercareDelivery", "AftercareCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareDaemonTests",
+            dependencies: [
+                "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore", "AftercareDelivery",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareCLITests",
+            dependencies: ["AftercareCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

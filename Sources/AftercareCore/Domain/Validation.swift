@@ -1,0 +1,193 @@
+import Foundation
+
+/// Why a procedure, patient or contact route was refused at input. Rendered as one line.
+public struct ValidationError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The field that was wrong, as the user wrote it (`patient.routes[1].to`).
+    public var field: String
+    /// What was wrong with it.
+    public var problem: String
+
+    public init(field: String, problem: String) {
+        self.field = field
+        self.problem = problem
+    }
+
+    public var description: String { "\(field): \(problem)" }
+}
+
+/// The shapes aftercare accepts at its edges. Everything that reaches the store or a message has
+/// passed these checks, so no control character can reach a header, a file name or a log line.
+public enum InputRules {
+    /// Procedure and patient ids: a letter or digit, then letters, digits, `.`, `_`, `:` or `-`; at
+    /// most 64 characters.
+    public static func checkIdentifier(_ value: String, field: String) throws(ValidationError) {
+        guard !value.isEmpty else { throw ValidationError(field: field, problem: "must not be empty") }
+        guard value.utf8.count <= 64 else { throw ValidationError(field: field, problem: "longer than 64 characters") }
+        let bytes = Array(value.utf8)
+        guard isAlnum(bytes[0]) else {
+            throw ValidationError(field: field, problem: "must start with a letter or digit")
+        }
+        for byte in bytes where !(isAlnum(byte) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_")
+            || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "-"))
+        {
+            throw ValidationError(
+                field: field,
+                problem: "may hold only letters, digits and . _ : - (found \(describe(byte)))"
+            )
+        }
+    }
+
+    /// Step and channel names: lower-case letters, digits and `-`, starting with a letter.
+    public static func checkName(_ value: String, field: String) throws(ValidationError) {
+        let bytes = Array(value.utf8)
+        guard let first = bytes.first, first >= UInt8(ascii: "a"), first <= UInt8(ascii: "z"), bytes.count <= 32 else {
+            throw ValidationError(field: field, problem: "must be 1-32 characters starting with a lower-case letter")
+        }
+        for byte in bytes
+        where !((byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-"))
+        {
+            throw ValidationError(field: field, problem: "may hold only a-z, 0-9 and - (found \(describe(byte)))")
+        }
+    }
+
+    /// Free text that goes into messages or headers (a first name, a clinic name): no control
+    /// characters at all, CR and LF included, and not blank.
+    public static func checkText(_ value: String, field: String, maxLength: Int = 200) throws(ValidationError) {
+        guard !value.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw ValidationError(field: field, problem: "must not be blank")
+        }
+        guard value.count <= maxLength else {
+            throw ValidationError(field: field, problem: "longer than \(maxLength) characters")
+        }
+        if let bad = value.unicodeScalars.first(where: { $0.properties.generalCategory == .control
+            || $0 == "\u{2028}" || $0 == "\u{2029}" })
+        {
+            throw ValidationError(field: field, problem: "contains a control character (U+\(hex(bad.value)))")
+        }
+    }
+
+    /// An E.164 phone number: `+`, then 7 to 15 digits, the first not zero.
+    public static func checkPhone(_ value: String, field: String) throws(ValidationError) {
+        let bytes = Array(value.utf8)
+        guard bytes.count >= 8, bytes.count <= 16, bytes[0] == UInt8(ascii: "+"),
+            bytes[1] != UInt8(ascii: "0"),
+            bytes.dropFirst().allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+        else {
+            throw ValidationError(
+                field: field,
+                problem: "'\(printable(value))' is not an E.164 phone number such as +15551234567"
+            )
+        }
+    }
+
+    /// An email address of the everyday shape `local@domain.tld`: no spaces, quotes, angle brackets
+    /// or control characters; a domain of dot-separated labels.
+    public static func checkEmail(_ value: String, field: String) throws(ValidationError) {
+        let failure = ValidationError(
+            field: field,
+            problem: "'\(printable(value))' is not an email address such as name@example.org"
+        )
+        guard value.utf8.count <= 254 else { throw failure }
+        let parts = value.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 64 else { throw failure }
+        let localAllowed = Set("!#$%&'*+-/=?^_`{|}~.".utf8)
+        guard parts[0].utf8.allSatisfy({ isAlnum($0) || localAllowed.contains($0) }),
+            !parts[0].hasPrefix("."), !parts[0].hasSuffix("."), !parts[0].contains("..")
+        else { throw failure }
+        let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
+        guard labels.count >= 2 else { throw failure }
+        for label in labels {
+            guard !label.isEmpty, label.utf8.count <= 63, !label.hasPrefix("-"), !label.hasSuffix("-"),
+                label.utf8.allSatisfy({ isAlnum($0) || $0 == UInt8(ascii: "-") })
+            else { throw failure }
+        }
+    }
+
+    /// A recipient id for a clinic-defined channel (a portal user id, a messaging handle).
+    public static func checkRecipient(_ value: String, field: String) throws(ValidationError) {
+        let allowed = Set("._:@+-".utf8)
+        guard !value.isEmpty, value.utf8.count <= 128,
+            value.utf8.allSatisfy({ isAlnum($0) || allowed.contains($0) })
+        else {
+            throw ValidationError(
+                field: field,
+                problem: "'\(printable(value))' is not a recipient id (1-128 of letters, digits and . _ : @ + -)"
+            )
+        }
+    }
+
+    /// A time zone aftercare can reckon in.
+    public static func checkTimeZone(_ value: String, field: String) throws(ValidationError) {
+        guard !value.isEmpty, TimeZone(identifier: value) != nil else {
+            throw ValidationError(
+                field: field,
+                problem: "'\(printable(value))' is not a known IANA time zone such as America/New_York"
+            )
+        }
+    }
+
+    static func isAlnum(_ byte: UInt8) -> Bool {
+        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+    }
+
+    static func describe(_ byte: UInt8) -> String {
+        byte >= 0x21 && byte < 0x7F ? "'\(Character(UnicodeScalar(byte)))'" : "byte 0x\(hex(UInt32(byte)))"
+    }
+
+    static func hex(_ value: UInt32) -> String {
+        let digits = String(value, radix: 16, uppercase: true)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+    }
+
+    /// The value with control characters shown as `\u{…}`, safe to echo in a one-line error.
+    public static func printable(_ value: String) -> String {
+        var out = ""
+        for scalar in value.unicodeScalars.prefix(80) {
+            if scalar.properties.generalCategory == .control { out += "\\u{\(hex(scalar.value))}" } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return value.unicodeScalars.count > 80 ? out + "…" : out
+    }
+}
+
+extension ContactRoute {
+    /// Checks the channel name and the address's shape for that channel.
+    public func validate(field: String) throws(ValidationError) {
+        try InputRules.checkName(channel, field: "\(field).channel")
+        switch channel {
+        case "sms": try InputRules.checkPhone(address, field: "\(field).to")
+        case "email": try InputRules.checkEmail(address, field: "\(field).to")
+        default: try InputRules.checkRecipient(address, field: "\(field).to")
+        }
+    }
+}
+
+extension Procedure {
+    /// Checks every field a procedure carries. A procedure that passes can be stored, planned and
+    /// rendered into any header or body safely.
+    public func validate() throws(ValidationError) {
+        try InputRules.checkIdentifier(id, field: "procedure_id")
+        try InputRules.checkName(protocolID, field: "protocol")
+        try InputRules.checkIdentifier(patient.id, field: "patient.id")
+        if let firstName = patient.firstName {
+            try InputRules.checkText(firstName, field: "patient.first_name", maxLength: 64)
+        }
+        try InputRules.checkTimeZone(patient.timeZone, field: "patient.time_zone")
+        guard !patient.routes.isEmpty else {
+            throw ValidationError(field: "patient.routes", problem: "at least one contact route is needed")
+        }
+        guard patient.routes.count <= 8 else {
+            throw ValidationError(field: "patient.routes", problem: "at most 8 contact routes")
+        }
+        for (index, route) in patient.routes.enumerated() {
+            try route.validate(field: "patient.routes[\(index)]")
+        }
+        let year = Calendar(identifier: .gregorian).component(.year, from: performedAt)
+        guard (2000...2100).contains(year) else {
+            throw ValidationError(field: "performed_at", problem: "year \(year) is outside 2000-2100")
+        }
+    }
+}

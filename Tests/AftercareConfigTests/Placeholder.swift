@@ -1,0 +1,2 @@
+// Tests for AftercareConfigTests are added with the work they prove.
+import Testing

@@ -1,0 +1,2 @@
+// Tests for AftercareCoreTests are added with the work they prove.
+import Testing

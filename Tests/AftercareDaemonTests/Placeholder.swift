@@ -1,0 +1,2 @@
+// Tests for AftercareDaemonTests are added with the work they prove.
+import Testing

@@ -1,0 +1,2 @@
+// Tests for AftercareDeliveryTests are added with the work they prove.
+import Testing

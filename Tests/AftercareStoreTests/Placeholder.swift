@@ -1,0 +1,2 @@
+// Tests for AftercareStoreTests are added with the work they prove.
+import Testing
