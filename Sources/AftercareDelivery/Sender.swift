@@ -1,0 +1,20 @@
+import AftercareCore
+import Foundation
+
+/// The plug-in point for delivery: something that can take a rendered, addressed reminder to a
+/// patient (through an SMS gateway webhook, an SMTP relay, an HTTP email API, a folder).
+///
+/// Implementers guarantee:
+/// - `send` never throws and never traps on a receiver's behaviour: every failure comes back as a
+///   ``SendResult`` classified as `retry` (passing: timeouts, resets, 408/429/5xx, SMTP 4xx) or
+///   `failed` (permanent: other 4xx, 3xx, SMTP 5xx, an address the channel cannot take).
+/// - `send` is safe to call from many tasks at once, and does not block the cooperative pool.
+/// - The message's `reminderID` is used as the idempotency key on the wire, identical on every
+///   retry, so a receiver can drop the duplicate that at-least-once delivery may produce.
+/// - No secret and no unmasked address is written to a log.
+public protocol Sender: Sendable {
+    /// Delivers one message and reports what happened.
+    func send(_ message: OutboundMessage) async -> SendResult
+    /// Lets in-flight sends finish and releases connections. No `send` follows it.
+    func shutdown() async
+}
