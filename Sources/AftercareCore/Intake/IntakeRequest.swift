@@ -1,0 +1,307 @@
+import Foundation
+
+/// One request in an intake (spool) file. Staff tools and other systems only ever write these
+/// files; the daemon alone writes the database.
+///
+/// On disk each request is a JSON object. A file holds one object, or many as JSON Lines. The
+/// `kind` field picks the request; a file without it is a procedure, so other systems can drop plain
+/// procedure records:
+///
+/// ```json
+/// {"procedure_id":"P-1001","protocol":"trigger-point-injection","performed_at":"2026-11-25T14:30:00-05:00",
+///  "patient":{"id":"MRN-77","first_name":"Ana","time_zone":"America/New_York",
+///             "routes":[{"channel":"sms","to":"+15551234567"},{"channel":"email","to":"ana@example.org"}]}}
+/// {"kind":"cancel","procedure_id":"P-1001","reason":"patient declined"}
+/// {"kind":"reschedule","procedure_id":"P-1001","performed_at":"2026-11-25T15:10:00-05:00"}
+/// {"kind":"replay","reminder_id":"P-1001.checkin-24h"}
+/// ```
+public enum IntakeRequest: Sendable, Hashable {
+    /// A new procedure to plan (or the same one again: ingest is idempotent by procedure id).
+    case procedure(Procedure)
+    /// Cancel every pending reminder of a procedure.
+    case cancel(procedureID: String, reason: String?)
+    /// Correct a procedure's time and/or the patient's zone, re-planning its pending reminders.
+    case reschedule(procedureID: String, performedAt: Date?, timeZone: String?)
+    /// Re-queue dead reminders: one, a procedure's, or all that died since a time.
+    case replay(ReplayScope)
+
+    /// The procedure the request is about, when it names one.
+    public var procedureID: String? {
+        switch self {
+        case .procedure(let procedure): return procedure.id
+        case .cancel(let id, _), .reschedule(let id, _, _): return id
+        case .replay(.reminder(let id)): return id.split(separator: ".").first.map(String.init)
+        case .replay(.procedure(let id)): return id
+        case .replay: return nil
+        }
+    }
+}
+
+/// Which dead reminders a replay re-queues.
+public enum ReplayScope: Sendable, Hashable {
+    case reminder(String)
+    case procedure(String)
+    /// Every reminder that went dead at or after this instant.
+    case deadSince(Date)
+}
+
+/// Why an intake file could not be read. `line` is the JSON Lines line, when there is one.
+public struct IntakeError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var line: Int?
+    public var procedureID: String?
+    public var problem: String
+
+    public init(line: Int? = nil, procedureID: String? = nil, problem: String) {
+        self.line = line
+        self.procedureID = procedureID
+        self.problem = problem
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if let line { parts.append("line \(line)") }
+        if let procedureID { parts.append("procedure \(procedureID)") }
+        return parts.isEmpty ? problem : parts.joined(separator: ", ") + ": " + problem
+    }
+}
+
+/// Reads and writes intake files.
+public enum IntakeCodec {
+    /// Parses a whole intake file: one JSON object, or JSON Lines. Every request is validated; the
+    /// first problem fails the whole file (so a file is ingested entirely or not at all).
+    public static func decode(_ data: Data) throws(IntakeError) -> [IntakeRequest] {
+        guard data.count <= 256 * 1024 * 1024 else { throw IntakeError(problem: "file larger than 256 MiB") }
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        let nonBlank = lines.enumerated().filter { !$0.element.allSatisfy(isSpace) }
+        guard !nonBlank.isEmpty else { throw IntakeError(problem: "the file is empty") }
+        // A single pretty-printed object spans lines; JSON Lines has one object per line.
+        if nonBlank.count > 1, (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+            return [try decodeOne(data, line: nil)]
+        }
+        var requests: [IntakeRequest] = []
+        requests.reserveCapacity(nonBlank.count)
+        for (offset, line) in nonBlank {
+            requests.append(try decodeOne(Data(line), line: nonBlank.count > 1 ? offset + 1 : nil))
+        }
+        return requests
+    }
+
+    /// Encodes one request as a single JSON line (no trailing newline).
+    public static func encode(_ request: IntakeRequest) -> Data {
+        var object: [String: Any] = [:]
+        switch request {
+        case .procedure(let procedure):
+            let zone = procedure.patientTimeZone
+            var patient: [String: Any] = [
+                "id": procedure.patient.id,
+                "time_zone": procedure.patient.timeZone,
+                "routes": procedure.patient.routes.map { route -> [String: Any] in
+                    var entry: [String: Any] = ["channel": route.channel, "to": route.address]
+                    if route.optedOut { entry["opted_out"] = true }
+                    return entry
+                },
+            ]
+            if let firstName = procedure.patient.firstName { patient["first_name"] = firstName }
+            object = [
+                "procedure_id": procedure.id,
+                "protocol": procedure.protocolID,
+                "performed_at": Timestamp.format(procedure.performedAt, in: zone),
+                "patient": patient,
+            ]
+        case .cancel(let id, let reason):
+            object = ["kind": "cancel", "procedure_id": id]
+            if let reason { object["reason"] = reason }
+        case .reschedule(let id, let performedAt, let timeZone):
+            object = ["kind": "reschedule", "procedure_id": id]
+            let zone = timeZone.flatMap(TimeZone.init(identifier:)) ?? .gmt
+            if let performedAt { object["performed_at"] = Timestamp.format(performedAt, in: zone) }
+            if let timeZone { object["time_zone"] = timeZone }
+        case .replay(let scope):
+            object = ["kind": "replay"]
+            switch scope {
+            case .reminder(let id): object["reminder_id"] = id
+            case .procedure(let id): object["procedure_id"] = id
+            case .deadSince(let date): object["dead_since"] = Timestamp.format(date, in: .gmt)
+            }
+        }
+        // Sorted keys keep files stable and diffable.
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+    }
+
+    private static func isSpace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0A
+    }
+
+    private static func decodeOne(_ data: Data, line: Int?) throws(IntakeError) -> IntakeRequest {
+        let raw: Any
+        do {
+            raw = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            throw IntakeError(line: line, problem: "not valid JSON")
+        }
+        guard let object = raw as? [String: Any] else {
+            throw IntakeError(line: line, problem: "expected a JSON object")
+        }
+        var fields = Fields(object: object, line: line)
+        let kind = try fields.optionalString("kind") ?? "procedure"
+        let request: IntakeRequest
+        switch kind {
+        case "procedure":
+            request = .procedure(try decodeProcedure(&fields))
+        case "cancel":
+            let id = try fields.string("procedure_id")
+            try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
+            let reason = try fields.optionalString("reason")
+            if let reason {
+                try check(line, id) { () throws(ValidationError) in try InputRules.checkText(reason, field: "reason") }
+            }
+            request = .cancel(procedureID: id, reason: reason)
+        case "reschedule":
+            let id = try fields.string("procedure_id")
+            try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
+            let performedAt = try fields.optionalTimestamp("performed_at")
+            let zone = try fields.optionalString("time_zone")
+            if let zone {
+                try check(line, id) { () throws(ValidationError) in try InputRules.checkTimeZone(zone, field: "time_zone") }
+            }
+            guard performedAt != nil || zone != nil else {
+                throw IntakeError(line: line, procedureID: id, problem: "reschedule needs performed_at or time_zone")
+            }
+            request = .reschedule(procedureID: id, performedAt: performedAt, timeZone: zone)
+        case "replay":
+            if let reminder = try fields.optionalString("reminder_id") {
+                let parts = reminder.split(separator: ".", maxSplits: 1).map(String.init)
+                guard parts.count == 2 else {
+                    throw IntakeError(line: line, problem: "reminder_id '\(InputRules.printable(reminder))' is not <procedure>.<step>")
+                }
+                request = .replay(.reminder(reminder))
+            } else if let id = try fields.optionalString("procedure_id") {
+                try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
+                request = .replay(.procedure(id))
+            } else if let since = try fields.optionalTimestamp("dead_since") {
+                request = .replay(.deadSince(since))
+            } else {
+                throw IntakeError(line: line, problem: "replay needs reminder_id, procedure_id or dead_since")
+            }
+        default:
+            throw IntakeError(
+                line: line,
+                problem: "unknown kind '\(InputRules.printable(kind))' (expected procedure, cancel, reschedule or replay)"
+            )
+        }
+        try fields.rejectUnknown(procedureID: request.procedureID)
+        return request
+    }
+
+    private static func decodeProcedure(_ fields: inout Fields) throws(IntakeError) -> Procedure {
+        let id = try fields.string("procedure_id")
+        let protocolID = try fields.string("protocol")
+        guard let performedAtText = try fields.optionalString("performed_at") else {
+            throw IntakeError(line: fields.line, procedureID: id, problem: "missing field 'performed_at'")
+        }
+        guard let performedAt = Timestamp.parse(performedAtText) else {
+            throw IntakeError(
+                line: fields.line, procedureID: id,
+                problem: "performed_at '\(InputRules.printable(performedAtText))' is not a time with a zone offset "
+                    + "such as 2026-11-25T14:30:00-05:00"
+            )
+        }
+        guard let patientObject = fields.take("patient") as? [String: Any] else {
+            throw IntakeError(line: fields.line, procedureID: id, problem: "missing or invalid object 'patient'")
+        }
+        var patientFields = Fields(object: patientObject, line: fields.line, prefix: "patient.")
+        let patientID = try patientFields.string("id")
+        let firstName = try patientFields.optionalString("first_name")
+        let zone = try patientFields.string("time_zone")
+        guard let rawRoutes = patientFields.take("routes") as? [Any] else {
+            throw IntakeError(line: fields.line, procedureID: id, problem: "missing or invalid array 'patient.routes'")
+        }
+        try patientFields.rejectUnknown(procedureID: id)
+        var routes: [ContactRoute] = []
+        for (index, rawRoute) in rawRoutes.enumerated() {
+            guard let routeObject = rawRoute as? [String: Any] else {
+                throw IntakeError(line: fields.line, procedureID: id, problem: "patient.routes[\(index)] is not an object")
+            }
+            var routeFields = Fields(object: routeObject, line: fields.line, prefix: "patient.routes[\(index)].")
+            let channel = try routeFields.string("channel")
+            let address = try routeFields.string("to")
+            let optedOut = try routeFields.optionalBool("opted_out") ?? false
+            try routeFields.rejectUnknown(procedureID: id)
+            routes.append(ContactRoute(channel: channel, address: address, optedOut: optedOut))
+        }
+        let procedure = Procedure(
+            id: id,
+            protocolID: protocolID,
+            performedAt: performedAt,
+            patient: Patient(id: patientID, firstName: firstName, timeZone: zone, routes: routes)
+        )
+        try check(fields.line, id) { () throws(ValidationError) in try procedure.validate() }
+        return procedure
+    }
+
+    private static func check(
+        _ line: Int?,
+        _ procedureID: String?,
+        _ body: () throws(ValidationError) -> Void
+    ) throws(IntakeError) {
+        do {
+            try body()
+        } catch {
+            throw IntakeError(line: line, procedureID: procedureID, problem: error.description)
+        }
+    }
+
+    /// Typed access to a JSON object's fields that remembers which were read, so unknown ones can be
+    /// refused rather than silently ignored.
+    private struct Fields {
+        var object: [String: Any]
+        let line: Int?
+        var prefix = ""
+
+        mutating func take(_ key: String) -> Any? { object.removeValue(forKey: key) }
+
+        mutating func optionalString(_ key: String) throws(IntakeError) -> String? {
+            guard let value = take(key), !(value is NSNull) else { return nil }
+            guard let string = value as? String else {
+                throw IntakeError(line: line, problem: "'\(prefix)\(key)' must be a string")
+            }
+            return string
+        }
+
+        mutating func string(_ key: String) throws(IntakeError) -> String {
+            guard let value = try optionalString(key) else {
+                throw IntakeError(line: line, problem: "missing field '\(prefix)\(key)'")
+            }
+            return value
+        }
+
+        mutating func optionalBool(_ key: String) throws(IntakeError) -> Bool? {
+            guard let value = take(key), !(value is NSNull) else { return nil }
+            guard let bool = value as? Bool else {
+                throw IntakeError(line: line, problem: "'\(prefix)\(key)' must be true or false")
+            }
+            return bool
+        }
+
+        mutating func optionalTimestamp(_ key: String) throws(IntakeError) -> Date? {
+            guard let text = try optionalString(key) else { return nil }
+            guard let date = Timestamp.parse(text) else {
+                throw IntakeError(
+                    line: line,
+                    problem: "'\(prefix)\(key)' '\(InputRules.printable(text))' is not a time with a zone offset "
+                        + "such as 2026-11-25T14:30:00-05:00"
+                )
+            }
+            return date
+        }
+
+        func rejectUnknown(procedureID: String?) throws(IntakeError) {
+            if let key = object.keys.sorted().first {
+                throw IntakeError(
+                    line: line, procedureID: procedureID,
+                    problem: "unknown field '\(prefix)\(InputRules.printable(key))'"
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+import AftercareCore
+import Crypto
+import Foundation
+import GRDB
+
+/// What a delivery-log row records. Attempts and state changes share one shape.
+public enum LogEvent: String, Sendable, CaseIterable {
+    /// A procedure came in and was planned.
+    case ingested
+    /// A delivery attempt (its `outcome` says how it went).
+    case attempt
+    /// A reminder's window closed before it could go out.
+    case expired
+    /// A reminder was held back because the patient's quiet hours had begun.
+    case deferred
+    /// A reminder went dead after its last try or a permanent failure.
+    case dead
+    /// A reminder was cancelled with its procedure.
+    case cancelled
+    /// A reminder was re-planned after its procedure's time or zone was corrected.
+    case replanned
+    /// A dead reminder was re-queued by staff.
+    case replayed
+    /// A route was passed over because the patient opted out of it.
+    case optedOut = "opted_out"
+    /// No usable route remained for a reminder.
+    case skipped
+    /// A crashed or stalled dispatcher's claim lapsed and the reminder went back to the queue.
+    case recovered
+    /// An intake file was refused.
+    case rejected
+    /// The daemon re-read its configuration.
+    case configReloaded = "config_reloaded"
+    /// Older rows were pruned; this row carries the chain on.
+    case checkpoint
+}
+
+/// One delivery-log row to append.
+public struct LogEntry: Sendable, Hashable {
+    public var at: Date
+    public var event: LogEvent
+    public var procedureID: String?
+    public var patientID: String?
+    public var stepID: String?
+    public var channel: String?
+    public var sender: String?
+    /// The full destination; masked when shown unless staff ask otherwise.
+    public var destination: String?
+    public var attempt: Int?
+    public var startedAt: Date?
+    public var endedAt: Date?
+    /// `delivered`, `retry`, `failed` for attempts.
+    public var outcome: String?
+    /// HTTP status or SMTP reply code.
+    public var responseCode: Int?
+    public var error: String?
+    public var latencyMilliseconds: Double?
+    /// Who asked for the change (a Unix user for staff requests), when not the daemon itself.
+    public var actor: String?
+    public var detail: String?
+
+    public init(
+        at: Date, event: LogEvent, procedureID: String? = nil, patientID: String? = nil, stepID: String? = nil,
+        channel: String? = nil, sender: String? = nil, destination: String? = nil, attempt: Int? = nil,
+        startedAt: Date? = nil, endedAt: Date? = nil, outcome: String? = nil, responseCode: Int? = nil,
+        error: String? = nil, latencyMilliseconds: Double? = nil, actor: String? = nil, detail: String? = nil
+    ) {
+        self.at = at
+        self.event = event
+        self.procedureID = procedureID
+        self.patientID = patientID
+        self.stepID = stepID
+        self.channel = channel
+        self.sender = sender
+        self.destination = destination
+        self.attempt = attempt
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+        self.outcome = outcome
+        self.responseCode = responseCode
+        self.error = error
+        self.latencyMilliseconds = latencyMilliseconds
+        self.actor = actor
+        self.detail = detail
+    }
+}
+
+/// The hash chain over the delivery log: each row's hash is
+/// `SHA-256(previous row's hash ‖ canonical encoding of the row)`, hex-encoded; the first row's
+/// previous hash is 32 zero bytes.
+public enum LogChain {
+    /// The previous hash for the very first row.
+    public static let genesis = String(repeating: "0", count: 64)
+
+    /// The canonical encoding of a row: every field in a fixed order, each as its decimal UTF-8 byte
+    /// length, `:`, and its bytes, or `-` when null; times as integer microseconds since 1970.
+    public static func canonical(seq: Int64, _ entry: LogEntry) -> Data {
+        var out = Data()
+        out.reserveCapacity(256)
+        func put(_ text: String?) {
+            guard let text else {
+                out.append(UInt8(ascii: "-"))
+                return
+            }
+            let bytes = Array(text.utf8)
+            out.append(contentsOf: Array(String(bytes.count).utf8))
+            out.append(UInt8(ascii: ":"))
+            out.append(contentsOf: bytes)
+        }
+        func micros(_ date: Date?) -> String? { date.map { String(Int64(($0.timeIntervalSince1970 * 1e6).rounded())) } }
+        put(String(seq))
+        put(micros(entry.at))
+        put(entry.event.rawValue)
+        put(entry.procedureID)
+        put(entry.patientID)
+        put(entry.stepID)
+        put(entry.channel)
+        put(entry.sender)
+        put(entry.destination)
+        put(entry.attempt.map(String.init))
+        put(micros(entry.startedAt))
+        put(micros(entry.endedAt))
+        put(entry.outcome)
+        put(entry.responseCode.map(String.init))
+        put(entry.error)
+        put(entry.latencyMilliseconds.map { String(Int64(($0 * 1000).rounded())) })
+        put(entry.actor)
+        put(entry.detail)
+        return out
+    }
+
+    /// The hash of a row given the previous row's hash.
+    public static func hash(previous: String, seq: Int64, _ entry: LogEntry) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Data(hexString: previous) ?? Data(count: 32))
+        hasher.update(data: canonical(seq: seq, entry))
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// Appends rows to the chain inside the caller's transaction.
+struct LogAppender {
+    private var head: String
+    private var nextSeq: Int64
+    private let statement: Statement
+
+    /// Reads the chain's head in `db` (which must be inside a write transaction).
+    init(_ db: Database) throws {
+        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1") {
+            head = row["hash"]
+            nextSeq = row["seq"] as Int64 + 1
+        } else {
+            head = LogChain.genesis
+            nextSeq = 1
+        }
+        statement = try db.cachedStatement(
+            sql: """
+                INSERT INTO delivery_log (seq, at, event, procedure_id, patient_id, step_id, channel, sender,
+                    destination, attempt, started_at, ended_at, outcome, response_code, error, latency_ms, actor,
+                    detail, hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        )
+    }
+
+    mutating func append(_ entry: LogEntry) throws {
+        // Times are stored at the microsecond, exactly as the chain hashes them.
+        var entry = entry
+        entry.at = Self.roundMicros(entry.at)!
+        entry.startedAt = Self.roundMicros(entry.startedAt)
+        entry.endedAt = Self.roundMicros(entry.endedAt)
+        entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
+        let hash = LogChain.hash(previous: head, seq: nextSeq, entry)
+        try statement.execute(arguments: [
+            nextSeq, entry.at.timeIntervalSince1970, entry.event.rawValue, entry.procedureID, entry.patientID,
+            entry.stepID, entry.channel, entry.sender, entry.destination, entry.attempt,
+            entry.startedAt?.timeIntervalSince1970, entry.endedAt?.timeIntervalSince1970, entry.outcome,
+            entry.responseCode, entry.error, entry.latencyMilliseconds, entry.actor, entry.detail, hash,
+        ])
+        head = hash
+        nextSeq += 1
+    }
+
+    static func roundMicros(_ date: Date?) -> Date? {
+        date.map { Date(timeIntervalSince1970: ($0.timeIntervalSince1970 * 1e6).rounded() / 1e6) }
+    }
+}
+
+extension Data {
+    /// Bytes from lower- or upper-case hex; `nil` if the text is not hex.
+    init?(hexString: String) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hexString.utf8.count / 2)
+        var high: UInt8?
+        for char in hexString.utf8 {
+            let value: UInt8
+            switch char {
+            case 48...57: value = char - 48
+            case 97...102: value = char - 87
+            case 65...70: value = char - 55
+            default: return nil
+            }
+            if let h = high {
+                bytes.append(h << 4 | value)
+                high = nil
+            } else {
+                high = value
+            }
+        }
+        guard high == nil else { return nil }
+        self.init(bytes)
+    }
+}

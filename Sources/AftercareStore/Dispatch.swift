@@ -1,0 +1,306 @@
+import AftercareCore
+import Foundation
+import GRDB
+
+/// A reminder a dispatcher holds under a lease, with what it needs to render and route it.
+public struct ClaimedReminder: Sendable {
+    public var procedure: Procedure
+    public var stepID: String
+    public var nominalAt: Date
+    public var dueAt: Date
+    public var expiresAt: Date
+    /// The number this try will have: 1 for the first.
+    public var attempt: Int
+    /// Fences the completion: only the holder of this token may record the outcome.
+    public var leaseToken: Int64
+
+    public var reminderID: String { ReminderID.make(procedureID: procedure.id, stepID: stepID) }
+}
+
+/// How a claimed reminder left the dispatcher, to be recorded with its log rows.
+public enum Resolution: Sendable {
+    /// A sender was tried. `next` is where the reminder goes from here.
+    case attempted(Attempt, next: AfterAttempt)
+    /// Its window closed; never sent stale.
+    case expired(reason: String)
+    /// Quiet hours began; it waits until `until`.
+    case deferred(until: Date, reason: String)
+    /// No route could take it (all opted out, or none configured for the step's channels).
+    case skipped(reason: String)
+    /// Shutdown came before it was tried: back to the queue, due as before, untouched.
+    case released
+}
+
+/// Where a reminder goes after an attempt.
+public enum AfterAttempt: Sendable, Hashable {
+    case delivered
+    case retry(at: Date)
+    /// Window closed before the next try could happen.
+    case expired(reason: String)
+    case dead(reason: String)
+}
+
+/// One delivery attempt, for the log.
+public struct Attempt: Sendable {
+    public var channel: String
+    public var sender: String
+    public var destination: String
+    public var startedAt: Date
+    public var endedAt: Date
+    public var result: SendResult
+    /// Routes passed over before this one because the patient opted out of them.
+    public var optedOutChannels: [String]
+
+    public init(
+        channel: String, sender: String, destination: String, startedAt: Date, endedAt: Date, result: SendResult,
+        optedOutChannels: [String] = []
+    ) {
+        self.channel = channel
+        self.sender = sender
+        self.destination = destination
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+        self.result = result
+        self.optedOutChannels = optedOutChannels
+    }
+}
+
+extension ReminderStore {
+    /// Claims up to `limit` reminders due at `now`, earliest first, under a fresh lease that lapses
+    /// at `now + leaseSeconds`. One `BEGIN IMMEDIATE` transaction.
+    public func claimDue(now: Date, limit: Int, leaseSeconds: Double) async throws -> [ClaimedReminder] {
+        try await transaction { db in
+            let rows = try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT r.procedure_id, r.step_id, r.nominal_at, r.due_at, r.expires_at, r.attempts,
+                            p.protocol_id, p.performed_at, p.patient_json
+                        FROM reminder r JOIN procedure p ON p.id = r.procedure_id
+                        WHERE r.state = 'scheduled' AND r.due_at <= ?
+                        ORDER BY r.due_at LIMIT ?
+                        """
+                ),
+                arguments: [now.timeIntervalSince1970, limit]
+            )
+            guard !rows.isEmpty else { return [] }
+            let token = Int64.random(in: 1...Int64.max)
+            let update = try db.cachedStatement(
+                sql: """
+                    UPDATE reminder SET state = 'claimed', lease_token = ?, lease_expires_at = ?, updated_at = ?
+                    WHERE procedure_id = ? AND step_id = ? AND state = 'scheduled'
+                    """
+            )
+            var claimed: [ClaimedReminder] = []
+            claimed.reserveCapacity(rows.count)
+            let decoder = JSONDecoder()
+            for row in rows {
+                let procedureID: String = row["procedure_id"]
+                let stepID: String = row["step_id"]
+                try update.execute(arguments: [
+                    token, now.timeIntervalSince1970 + leaseSeconds, now.timeIntervalSince1970, procedureID, stepID,
+                ])
+                let json: String = row["patient_json"]
+                let patient = try decoder.decode(Patient.self, from: Data(json.utf8))
+                claimed.append(
+                    ClaimedReminder(
+                        procedure: Procedure(
+                            id: procedureID, protocolID: row["protocol_id"],
+                            performedAt: Date(timeIntervalSince1970: row["performed_at"]), patient: patient
+                        ),
+                        stepID: stepID, nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
+                        dueAt: Date(timeIntervalSince1970: row["due_at"]),
+                        expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
+                        attempt: row["attempts"] as Int + 1, leaseToken: token
+                    )
+                )
+            }
+            return claimed
+        }
+    }
+
+    /// Records how claimed reminders left the dispatcher, with their log rows, in one transaction.
+    /// Each update is fenced by its lease token: if the lease lapsed and someone else took the
+    /// reminder (or it was cancelled meanwhile), the attempt is still logged but the state is left as
+    /// the newer holder set it. Returns how many were fenced off.
+    @discardableResult
+    public func record(_ outcomes: [(ClaimedReminder, Resolution)], now: Date) async throws -> Int {
+        try await transaction { db in
+            var log = try LogAppender(db)
+            var fenced = 0
+            let update = try db.cachedStatement(
+                sql: """
+                    UPDATE reminder SET state = ?, due_at = ?, attempts = ?, last_error = ?, lease_token = NULL,
+                        lease_expires_at = NULL, updated_at = ?
+                    WHERE procedure_id = ? AND step_id = ? AND state = 'claimed' AND lease_token = ?
+                    """
+            )
+            for (reminder, resolution) in outcomes {
+                let base = LogEntry(
+                    at: now, event: .attempt, procedureID: reminder.procedure.id,
+                    patientID: reminder.procedure.patient.id, stepID: reminder.stepID
+                )
+                var state: ReminderState
+                var dueAt = reminder.dueAt
+                var attempts = reminder.attempt - 1
+                var lastError: String?
+                var entries: [LogEntry] = []
+                switch resolution {
+                case .attempted(let attempt, let next):
+                    attempts = reminder.attempt
+                    for channel in attempt.optedOutChannels {
+                        var entry = base
+                        entry.event = .optedOut
+                        entry.channel = channel
+                        entry.detail = "patient opted out of \(channel); route passed over"
+                        entries.append(entry)
+                    }
+                    var entry = base
+                    entry.channel = attempt.channel
+                    entry.sender = attempt.sender
+                    entry.destination = attempt.destination
+                    entry.attempt = reminder.attempt
+                    entry.startedAt = attempt.startedAt
+                    entry.endedAt = attempt.endedAt
+                    entry.latencyMilliseconds = attempt.endedAt.timeIntervalSince(attempt.startedAt) * 1000
+                    entry.responseCode = attempt.result.responseCode
+                    switch attempt.result.outcome {
+                    case .delivered(let detail):
+                        entry.outcome = "delivered"
+                        entry.detail = detail
+                    case .retry(_, let reason):
+                        entry.outcome = "retry"
+                        entry.error = reason
+                        lastError = reason
+                    case .failed(let reason):
+                        entry.outcome = "failed"
+                        entry.error = reason
+                        lastError = reason
+                    }
+                    entries.append(entry)
+                    switch next {
+                    case .delivered:
+                        state = .delivered
+                    case .retry(let at):
+                        state = .scheduled
+                        dueAt = at
+                        entries[entries.count - 1].detail = "next try at \(Timestamp.format(at, in: .gmt))"
+                    case .expired(let reason):
+                        state = .expired
+                        lastError = reason
+                        var expired = base
+                        expired.event = .expired
+                        expired.detail = reason
+                        entries.append(expired)
+                    case .dead(let reason):
+                        state = .dead
+                        lastError = reason
+                        var dead = base
+                        dead.event = .dead
+                        dead.detail = reason
+                        dead.attempt = reminder.attempt
+                        entries.append(dead)
+                    }
+                case .expired(let reason):
+                    state = .expired
+                    lastError = reason
+                    var entry = base
+                    entry.event = .expired
+                    entry.detail = reason
+                    entries.append(entry)
+                case .deferred(let until, let reason):
+                    state = .scheduled
+                    dueAt = until
+                    var entry = base
+                    entry.event = .deferred
+                    entry.detail = reason
+                    entries.append(entry)
+                case .skipped(let reason):
+                    state = .skipped
+                    lastError = reason
+                    var entry = base
+                    entry.event = .skipped
+                    entry.detail = reason
+                    entries.append(entry)
+                case .released:
+                    state = .scheduled
+                }
+                try update.execute(arguments: [
+                    state.rawValue, dueAt.timeIntervalSince1970, attempts, lastError, now.timeIntervalSince1970,
+                    reminder.procedure.id, reminder.stepID, reminder.leaseToken,
+                ])
+                if db.changesCount == 0 {
+                    fenced += 1
+                    // The attempt happened and is logged; the reminder's state belongs to whoever holds it now.
+                    for index in entries.indices where entries[index].event != .attempt {
+                        entries[index].detail = (entries[index].detail ?? "") + " (not applied: lease lost)"
+                    }
+                    if let index = entries.firstIndex(where: { $0.event == .attempt }) {
+                        entries[index].detail = (entries[index].detail.map { $0 + "; " } ?? "") + "lease lost before recording"
+                    }
+                }
+                for entry in entries { try log.append(entry) }
+            }
+            return fenced
+        }
+    }
+
+    /// Returns lapsed claims to the queue (a crashed or stalled dispatcher's work). With `all`, every
+    /// claim is returned regardless of its lease: only for a daemon starting up under its lock, when
+    /// no other dispatcher can hold one. Returns how many came back.
+    @discardableResult
+    public func recoverClaims(now: Date, all: Bool = false) async throws -> Int {
+        try await transaction { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT r.procedure_id, r.step_id, p.patient_id FROM reminder r JOIN procedure p ON p.id = r.procedure_id
+                    WHERE r.state = 'claimed' AND (? OR r.lease_expires_at <= ?)
+                    """,
+                arguments: [all, now.timeIntervalSince1970]
+            )
+            guard !rows.isEmpty else { return 0 }
+            var log = try LogAppender(db)
+            for row in rows {
+                try db.execute(
+                    sql: """
+                        UPDATE reminder SET state = 'scheduled', lease_token = NULL, lease_expires_at = NULL,
+                            updated_at = ? WHERE procedure_id = ? AND step_id = ? AND state = 'claimed'
+                        """,
+                    arguments: [now.timeIntervalSince1970, row["procedure_id"], row["step_id"]]
+                )
+                try log.append(
+                    LogEntry(
+                        at: now, event: .recovered, procedureID: row["procedure_id"], patientID: row["patient_id"],
+                        stepID: row["step_id"],
+                        detail: all ? "claim held at shutdown or crash returned to the queue" : "lease lapsed"
+                    )
+                )
+            }
+            return rows.count
+        }
+    }
+
+    /// When the earliest scheduled reminder falls due, if any.
+    public func nextDueTime() async throws -> Date? {
+        try await read { db in
+            try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder WHERE state = 'scheduled'")
+                .map(Date.init(timeIntervalSince1970:))
+        }
+    }
+
+    /// When the earliest lease lapses, if any claim is held.
+    public func nextLeaseExpiry() async throws -> Date? {
+        try await read { db in
+            try Double.fetchOne(db, sql: "SELECT MIN(lease_expires_at) FROM reminder WHERE state = 'claimed'")
+                .map(Date.init(timeIntervalSince1970:))
+        }
+    }
+
+    /// Appends a daemon-level event (such as a config reload) to the log.
+    public func logEvent(_ entry: LogEntry) async throws {
+        try await transaction { db in
+            var log = try LogAppender(db)
+            try log.append(entry)
+        }
+    }
+}

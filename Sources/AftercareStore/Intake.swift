@@ -1,0 +1,353 @@
+import AftercareCore
+import Crypto
+import Foundation
+import GRDB
+
+/// One intake file, parsed, as the daemon hands it to the store.
+public struct IntakeBatchFile: Sendable {
+    /// The file's name in the spool (for log rows and messages).
+    public var name: String
+    public var requests: [IntakeRequest]
+    /// Who dropped the file (the Unix owner), recorded on the log rows of staff requests.
+    public var actor: String
+
+    public init(name: String, requests: [IntakeRequest], actor: String) {
+        self.name = name
+        self.requests = requests
+        self.actor = actor
+    }
+}
+
+/// What became of one intake file.
+public enum IntakeFileOutcome: Sendable, Hashable {
+    /// Every request in it is now durable. `summary` is one line for the daemon's log.
+    case applied(summary: String)
+    /// Nothing in it was applied.
+    case rejected(IntakeError)
+}
+
+/// The planner as the store calls it: the plan for a procedure at an instant, or why it cannot be
+/// planned (e.g. its protocol is not configured).
+public typealias PlanFunction = @Sendable (Procedure, Date) -> Result<[PlannedReminder], IntakeError>
+
+extension ReminderStore {
+    /// Applies intake files in one transaction, each file all-or-nothing inside its own savepoint, so
+    /// one bad file never holds back or half-applies the others. Returns one outcome per file, in
+    /// order. Throws only if the database itself fails, in which case nothing was applied.
+    public func ingest(_ files: [IntakeBatchFile], now: Date, plan: @escaping PlanFunction) async throws
+        -> [IntakeFileOutcome]
+    {
+        try await transaction { db in
+            var log = try LogAppender(db)
+            var outcomes: [IntakeFileOutcome] = []
+            outcomes.reserveCapacity(files.count)
+            for file in files {
+                var outcome: IntakeFileOutcome = .applied(summary: "")
+                let savedLog = log
+                try db.inSavepoint {
+                    do {
+                        var counts = IntakeCounts()
+                        for request in file.requests {
+                            try Self.apply(request, file: file, now: now, plan: plan, db: db, log: &log, counts: &counts)
+                        }
+                        outcome = .applied(summary: counts.summary)
+                        return .commit
+                    } catch let error as IntakeError {
+                        outcome = .rejected(error)
+                        return .rollback
+                    }
+                }
+                if case .rejected(let error) = outcome {
+                    log = savedLog
+                    try log.append(
+                        LogEntry(
+                            at: now, event: .rejected, procedureID: error.procedureID, actor: file.actor,
+                            detail: "\(file.name): \(error)"
+                        )
+                    )
+                }
+                outcomes.append(outcome)
+            }
+            return outcomes
+        }
+    }
+
+    private struct IntakeCounts {
+        var procedures = 0
+        var duplicates = 0
+        var reminders = 0
+        var expired = 0
+        var cancelled = 0
+        var replanned = 0
+        var replayed = 0
+
+        var summary: String {
+            var parts: [String] = []
+            if procedures > 0 { parts.append("\(procedures) procedure(s) planned: \(reminders) reminder(s), \(expired) expired") }
+            if duplicates > 0 { parts.append("\(duplicates) already known") }
+            if cancelled > 0 { parts.append("\(cancelled) reminder(s) cancelled") }
+            if replanned > 0 { parts.append("\(replanned) reminder(s) re-planned") }
+            if replayed > 0 { parts.append("\(replayed) reminder(s) replayed") }
+            return parts.isEmpty ? "nothing to change" : parts.joined(separator: "; ")
+        }
+    }
+
+    /// The fingerprint that tells "the same procedure again" from "a different one under the same id".
+    static func contentHash(_ procedure: Procedure) -> String {
+        let digest = SHA256.hash(data: IntakeCodec.encode(.procedure(procedure)))
+        return digest.map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func encodePatient(_ patient: Patient) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(patient)) ?? Data(), as: UTF8.self)
+    }
+
+    private static func apply(
+        _ request: IntakeRequest,
+        file: IntakeBatchFile,
+        now: Date,
+        plan: PlanFunction,
+        db: Database,
+        log: inout LogAppender,
+        counts: inout IntakeCounts
+    ) throws {
+        switch request {
+        case .procedure(let procedure):
+            let hash = contentHash(procedure)
+            if let existing = try String.fetchOne(
+                db, sql: "SELECT content_hash FROM procedure WHERE id = ?", arguments: [procedure.id])
+            {
+                guard existing == hash else {
+                    throw IntakeError(
+                        procedureID: procedure.id,
+                        problem: "already ingested with different details; use 'aftercare reschedule' to correct "
+                            + "its time or zone, or cancel it"
+                    )
+                }
+                counts.duplicates += 1
+                return
+            }
+            let planned: [PlannedReminder]
+            switch plan(procedure, now) {
+            case .success(let reminders): planned = reminders
+            case .failure(var error):
+                error.procedureID = procedure.id
+                throw error
+            }
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
+                        status, ingested_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)
+                    """
+            ).execute(arguments: [
+                procedure.id, procedure.protocolID, procedure.performedAt.timeIntervalSince1970, procedure.patient.id,
+                encodePatient(procedure.patient), hash, now.timeIntervalSince1970, now.timeIntervalSince1970,
+            ])
+            let insert = try db.cachedStatement(
+                sql: """
+                    INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
+                        updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """
+            )
+            var expired = 0
+            for reminder in planned {
+                try insert.execute(arguments: [
+                    procedure.id, reminder.stepID, reminder.nominalAt.timeIntervalSince1970,
+                    reminder.dueAt.timeIntervalSince1970, reminder.expiresAt.timeIntervalSince1970,
+                    reminder.state.rawValue, reminder.state == .expired ? reminder.note : nil, now.timeIntervalSince1970,
+                ])
+                if reminder.state == .expired { expired += 1 }
+            }
+            try log.append(
+                LogEntry(
+                    at: now, event: .ingested, procedureID: procedure.id, patientID: procedure.patient.id,
+                    actor: file.actor,
+                    detail: "\(file.name): protocol \(procedure.protocolID), \(planned.count) reminder(s) planned"
+                        + (expired > 0 ? ", \(expired) already past their window" : "")
+                )
+            )
+            for reminder in planned where reminder.state == .expired {
+                try log.append(
+                    LogEntry(
+                        at: now, event: .expired, procedureID: procedure.id, patientID: procedure.patient.id,
+                        stepID: reminder.stepID, detail: reminder.note
+                    )
+                )
+            }
+            counts.procedures += 1
+            counts.reminders += planned.count
+            counts.expired += expired
+
+        case .cancel(let procedureID, let reason):
+            let procedure = try loadProcedure(procedureID, db: db)
+            let pending = try String.fetchAll(
+                db,
+                sql: "SELECT step_id FROM reminder WHERE procedure_id = ? AND state IN ('scheduled', 'claimed')",
+                arguments: [procedureID]
+            )
+            try db.execute(
+                sql: "UPDATE procedure SET status = 'cancelled', updated_at = ? WHERE id = ?",
+                arguments: [now.timeIntervalSince1970, procedureID]
+            )
+            try db.execute(
+                sql: """
+                    UPDATE reminder SET state = 'cancelled', lease_token = NULL, lease_expires_at = NULL,
+                        last_error = ?, updated_at = ?
+                    WHERE procedure_id = ? AND state IN ('scheduled', 'claimed')
+                    """,
+                arguments: [reason.map { "cancelled: \($0)" } ?? "cancelled", now.timeIntervalSince1970, procedureID]
+            )
+            for step in pending {
+                try log.append(
+                    LogEntry(
+                        at: now, event: .cancelled, procedureID: procedureID, patientID: procedure.patient.id,
+                        stepID: step, actor: file.actor, detail: reason
+                    )
+                )
+            }
+            counts.cancelled += pending.count
+
+        case .reschedule(let procedureID, let performedAt, let timeZone):
+            var procedure = try loadProcedure(procedureID, db: db)
+            guard try String.fetchOne(db, sql: "SELECT status FROM procedure WHERE id = ?", arguments: [procedureID])
+                == "active"
+            else {
+                throw IntakeError(procedureID: procedureID, problem: "the procedure is cancelled; nothing to re-plan")
+            }
+            if let performedAt { procedure.performedAt = performedAt }
+            if let timeZone { procedure.patient.timeZone = timeZone }
+            let planned: [PlannedReminder]
+            switch plan(procedure, now) {
+            case .success(let reminders): planned = reminders
+            case .failure(var error):
+                error.procedureID = procedureID
+                throw error
+            }
+            try db.execute(
+                sql: """
+                    UPDATE procedure SET performed_at = ?, patient_json = ?, content_hash = ?, updated_at = ?
+                    WHERE id = ?
+                    """,
+                arguments: [
+                    procedure.performedAt.timeIntervalSince1970, encodePatient(procedure.patient),
+                    contentHash(procedure), now.timeIntervalSince1970, procedureID,
+                ]
+            )
+            let current = try Row.fetchAll(
+                db, sql: "SELECT step_id, due_at FROM reminder WHERE procedure_id = ? AND state = 'scheduled'",
+                arguments: [procedureID]
+            )
+            let zone = procedure.patientTimeZone
+            for row in current {
+                let step: String = row["step_id"]
+                guard let reminder = planned.first(where: { $0.stepID == step }) else { continue }
+                let oldDue = Date(timeIntervalSince1970: row["due_at"])
+                try db.execute(
+                    sql: """
+                        UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, state = ?, last_error = ?,
+                            updated_at = ?
+                        WHERE procedure_id = ? AND step_id = ? AND state = 'scheduled'
+                        """,
+                    arguments: [
+                        reminder.nominalAt.timeIntervalSince1970, reminder.dueAt.timeIntervalSince1970,
+                        reminder.expiresAt.timeIntervalSince1970, reminder.state.rawValue,
+                        reminder.state == .expired ? reminder.note : nil, now.timeIntervalSince1970, procedureID, step,
+                    ]
+                )
+                try log.append(
+                    LogEntry(
+                        at: now, event: reminder.state == .expired ? .expired : .replanned, procedureID: procedureID,
+                        patientID: procedure.patient.id, stepID: step, actor: file.actor,
+                        detail: "due \(Timestamp.format(oldDue, in: zone)) → \(Timestamp.format(reminder.dueAt, in: zone))"
+                            + (reminder.note.map { "; \($0)" } ?? "")
+                    )
+                )
+                counts.replanned += 1
+            }
+
+        case .replay(let scope):
+            var sql = """
+                SELECT r.procedure_id, r.step_id, r.expires_at, p.patient_id FROM reminder r
+                JOIN procedure p ON p.id = r.procedure_id WHERE r.state = 'dead'
+                """
+            var arguments: StatementArguments = []
+            switch scope {
+            case .reminder(let id):
+                let parts = id.split(separator: ".", maxSplits: 1).map(String.init)
+                sql += " AND r.procedure_id = ? AND r.step_id = ?"
+                arguments = [parts[0], parts.count > 1 ? parts[1] : ""]
+                let state = try String.fetchOne(
+                    db, sql: "SELECT state FROM reminder WHERE procedure_id = ? AND step_id = ?", arguments: arguments)
+                guard let state else {
+                    throw IntakeError(procedureID: parts[0], problem: "no reminder \(id)")
+                }
+                guard state == "dead" else {
+                    throw IntakeError(procedureID: parts[0], problem: "reminder \(id) is \(state), not dead")
+                }
+            case .procedure(let id):
+                _ = try loadProcedure(id, db: db)
+                sql += " AND r.procedure_id = ?"
+                arguments = [id]
+            case .deadSince(let date):
+                sql += " AND r.updated_at >= ?"
+                arguments = [date.timeIntervalSince1970]
+            }
+            for row in try Row.fetchAll(db, sql: sql, arguments: arguments) {
+                let procedureID: String = row["procedure_id"]
+                let step: String = row["step_id"]
+                let expiresAt = Date(timeIntervalSince1970: row["expires_at"])
+                guard expiresAt > now else {
+                    try log.append(
+                        LogEntry(
+                            at: now, event: .expired, procedureID: procedureID, patientID: row["patient_id"],
+                            stepID: step, actor: file.actor, detail: "replay asked after its window closed"
+                        )
+                    )
+                    try db.execute(
+                        sql: """
+                            UPDATE reminder SET state = 'expired', last_error = 'window closed before replay',
+                                updated_at = ? WHERE procedure_id = ? AND step_id = ?
+                            """,
+                        arguments: [now.timeIntervalSince1970, procedureID, step]
+                    )
+                    continue
+                }
+                try db.execute(
+                    sql: """
+                        UPDATE reminder SET state = 'scheduled', due_at = ?, attempts = 0, last_error = NULL,
+                            updated_at = ? WHERE procedure_id = ? AND step_id = ?
+                        """,
+                    arguments: [now.timeIntervalSince1970, now.timeIntervalSince1970, procedureID, step]
+                )
+                try log.append(
+                    LogEntry(
+                        at: now, event: .replayed, procedureID: procedureID, patientID: row["patient_id"],
+                        stepID: step, actor: file.actor, detail: "re-queued by \(file.actor)"
+                    )
+                )
+                counts.replayed += 1
+            }
+        }
+    }
+
+    static func loadProcedure(_ id: String, db: Database) throws -> Procedure {
+        guard
+            let row = try Row.fetchOne(
+                db, sql: "SELECT protocol_id, performed_at, patient_json FROM procedure WHERE id = ?", arguments: [id])
+        else {
+            throw IntakeError(procedureID: id, problem: "no such procedure")
+        }
+        return try decodeProcedure(id: id, row: row)
+    }
+
+    static func decodeProcedure(id: String, row: Row) throws -> Procedure {
+        let json: String = row["patient_json"]
+        let patient = try JSONDecoder().decode(Patient.self, from: Data(json.utf8))
+        return Procedure(
+            id: id, protocolID: row["protocol_id"], performedAt: Date(timeIntervalSince1970: row["performed_at"]),
+            patient: patient
+        )
+    }
+}

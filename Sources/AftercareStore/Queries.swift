@@ -1,0 +1,142 @@
+import AftercareCore
+import Foundation
+import GRDB
+
+/// A reminder as staff see it.
+public struct ReminderView: Sendable, Hashable {
+    public var procedureID: String
+    public var stepID: String
+    public var state: ReminderState
+    public var nominalAt: Date
+    public var dueAt: Date
+    public var expiresAt: Date
+    public var attempts: Int
+    public var lastError: String?
+    public var updatedAt: Date
+
+    public var reminderID: String { ReminderID.make(procedureID: procedureID, stepID: stepID) }
+}
+
+/// A procedure as staff see it.
+public struct ProcedureView: Sendable, Hashable {
+    public var procedure: Procedure
+    public var status: String
+    public var ingestedAt: Date
+    public var updatedAt: Date
+}
+
+/// The queue at a glance, for `aftercare status` and the daemon's systemd status line.
+public struct QueueStatus: Sendable, Hashable {
+    public var procedures: Int
+    public var countsByState: [ReminderState: Int]
+    /// Scheduled reminders whose due time has come.
+    public var dueNow: Int
+    /// Scheduled reminders that have failed at least once and wait for a retry.
+    public var retrying: Int
+    public var nextDue: Date?
+    public var lastDelivery: Date?
+    /// Attempts that did not deliver in the last 24 hours.
+    public var failuresLastDay: Int
+
+    public func count(_ state: ReminderState) -> Int { countsByState[state] ?? 0 }
+}
+
+extension ReminderStore {
+    public func status(now: Date) async throws -> QueueStatus {
+        try await read { db in
+            var counts: [ReminderState: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM reminder GROUP BY state") {
+                if let state = ReminderState(rawValue: row["state"]) { counts[state] = row["n"] }
+            }
+            return QueueStatus(
+                procedures: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM procedure") ?? 0,
+                countsByState: counts,
+                dueNow: try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM reminder WHERE state = 'scheduled' AND due_at <= ?",
+                    arguments: [now.timeIntervalSince1970]) ?? 0,
+                retrying: try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM reminder WHERE state = 'scheduled' AND attempts > 0") ?? 0,
+                nextDue: try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder WHERE state = 'scheduled'")
+                    .map(Date.init(timeIntervalSince1970:)),
+                lastDelivery: try Double.fetchOne(
+                    db, sql: "SELECT MAX(updated_at) FROM reminder WHERE state = 'delivered'")
+                    .map(Date.init(timeIntervalSince1970:)),
+                failuresLastDay: try Int.fetchOne(
+                    db,
+                    sql: "SELECT COUNT(*) FROM delivery_log WHERE event = 'attempt' AND outcome != 'delivered' AND at >= ?",
+                    arguments: [now.timeIntervalSince1970 - 86400]) ?? 0
+            )
+        }
+    }
+
+    /// One procedure and its reminders in step order of due time, or `nil` if unknown.
+    public func procedure(_ id: String) async throws -> (ProcedureView, [ReminderView])? {
+        try await read { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT protocol_id, performed_at, patient_json, status, ingested_at, updated_at
+                        FROM procedure WHERE id = ?
+                        """,
+                    arguments: [id])
+            else { return nil }
+            let view = ProcedureView(
+                procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
+                ingestedAt: Date(timeIntervalSince1970: row["ingested_at"]),
+                updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+            )
+            let reminders = try Row.fetchAll(
+                db, sql: "SELECT * FROM reminder WHERE procedure_id = ? ORDER BY nominal_at, step_id", arguments: [id]
+            ).map(Self.reminderView)
+            return (view, reminders)
+        }
+    }
+
+    /// Procedures, newest first, optionally only one patient's or only those with pending reminders.
+    public func procedures(patientID: String?, pendingOnly: Bool, limit: Int) async throws
+        -> [(ProcedureView, [ReminderView])]
+    {
+        try await read { db in
+            var sql = "SELECT id, protocol_id, performed_at, patient_json, status, ingested_at, updated_at FROM procedure p"
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let patientID {
+                conditions.append("patient_id = ?")
+                arguments += [patientID]
+            }
+            if pendingOnly {
+                conditions.append(
+                    "EXISTS (SELECT 1 FROM reminder r WHERE r.procedure_id = p.id AND r.state IN ('scheduled', 'claimed'))"
+                )
+            }
+            if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
+            sql += " ORDER BY performed_at DESC, id LIMIT ?"
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                let id: String = row["id"]
+                let view = ProcedureView(
+                    procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
+                    ingestedAt: Date(timeIntervalSince1970: row["ingested_at"]),
+                    updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+                )
+                let reminders = try Row.fetchAll(
+                    db, sql: "SELECT * FROM reminder WHERE procedure_id = ? ORDER BY nominal_at, step_id",
+                    arguments: [id]
+                ).map(Self.reminderView)
+                return (view, reminders)
+            }
+        }
+    }
+
+    static func reminderView(_ row: Row) -> ReminderView {
+        ReminderView(
+            procedureID: row["procedure_id"], stepID: row["step_id"],
+            state: ReminderState(rawValue: row["state"]) ?? .scheduled,
+            nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
+            dueAt: Date(timeIntervalSince1970: row["due_at"]),
+            expiresAt: Date(timeIntervalSince1970: row["expires_at"]), attempts: row["attempts"],
+            lastError: row["last_error"], updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+        )
+    }
+}

@@ -1,0 +1,180 @@
+import AftercareCore
+import Foundation
+import GRDB
+
+/// Why the store refused or failed an operation, as one line.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// aftercare's durable state: procedures, their reminders and the delivery log, in one SQLite file
+/// (WAL mode) through GRDB.
+///
+/// The daemon is the only writer in normal operation; staff tools open the file read-only. Every
+/// change to a reminder is written in the same transaction as its delivery-log row, so there is no
+/// change without its row and no row without its change.
+public final class ReminderStore: Sendable {
+    let writer: any DatabaseWriter
+    /// Where the database lives, for messages.
+    public let path: String
+
+    /// Opens (creating and migrating if needed) the database at `path`.
+    ///
+    /// - Parameter readOnly: open for reading only, as staff commands do; the file must exist and be
+    ///   migrated already.
+    public init(path: String, readOnly: Bool = false) throws {
+        self.path = path
+        var config = Configuration()
+        config.readonly = readOnly
+        config.label = "aftercare"
+        config.busyMode = .timeout(10)
+        config.prepareDatabase { db in
+            if !db.configuration.readonly {
+                // Durability before a spool file is removed: commits reach the disk.
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+        }
+        if readOnly {
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw StoreError("no database at \(path) (has the daemon run yet?)")
+            }
+        } else {
+            let folder = (path as NSString).deletingLastPathComponent
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        do {
+            let pool = try DatabasePool(path: path, configuration: config)
+            if readOnly {
+                let version = try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
+                guard version >= Schema.version else {
+                    throw StoreError("the database at \(path) has not been set up by the daemon yet")
+                }
+            } else {
+                try Schema.migrate(pool)
+            }
+            writer = pool
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError("cannot open database \(path): \(Self.describe(error))")
+        }
+    }
+
+    /// An in-memory store, for tests and previews.
+    public init(inMemory: Void = ()) throws {
+        path = ":memory:"
+        let queue = try DatabaseQueue()
+        try Schema.migrate(queue)
+        writer = queue
+    }
+
+    /// One line for any database error.
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? DatabaseError {
+            return error.message ?? "\(error.resultCode)"
+        }
+        return "\(error)"
+    }
+
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction on the writer, off the cooperative pool.
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await writer.writeWithoutTransaction { db in
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(db)
+                return .commit
+            }
+            return result!
+        }
+    }
+
+    /// Runs a read on a snapshot, off the cooperative pool.
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await writer.read(body)
+    }
+}
+
+/// The schema and its migrations. `user_version` records how far a file has come.
+enum Schema {
+    static let version = 1
+
+    static func migrate(_ writer: any DatabaseWriter) throws {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE store_flag (name TEXT PRIMARY KEY NOT NULL, value INTEGER) WITHOUT ROWID;
+
+                    CREATE TABLE procedure (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        protocol_id TEXT NOT NULL,
+                        performed_at REAL NOT NULL,
+                        patient_id TEXT NOT NULL,
+                        patient_json TEXT NOT NULL,
+                        content_hash TEXT NOT NULL,
+                        status TEXT NOT NULL CHECK (status IN ('active', 'cancelled')),
+                        ingested_at REAL NOT NULL,
+                        updated_at REAL NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE INDEX procedure_by_patient ON procedure(patient_id);
+
+                    CREATE TABLE reminder (
+                        procedure_id TEXT NOT NULL REFERENCES procedure(id),
+                        step_id TEXT NOT NULL,
+                        nominal_at REAL NOT NULL,
+                        due_at REAL NOT NULL,
+                        expires_at REAL NOT NULL,
+                        state TEXT NOT NULL CHECK (state IN
+                            ('scheduled', 'claimed', 'delivered', 'dead', 'expired', 'cancelled', 'skipped')),
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        lease_token INTEGER,
+                        lease_expires_at REAL,
+                        last_error TEXT,
+                        updated_at REAL NOT NULL,
+                        PRIMARY KEY (procedure_id, step_id)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX reminder_due ON reminder(due_at) WHERE state = 'scheduled';
+                    CREATE INDEX reminder_leased ON reminder(lease_expires_at) WHERE state = 'claimed';
+                    CREATE INDEX reminder_by_state ON reminder(state, updated_at);
+
+                    CREATE TABLE delivery_log (
+                        seq INTEGER PRIMARY KEY,
+                        at REAL NOT NULL,
+                        event TEXT NOT NULL,
+                        procedure_id TEXT,
+                        patient_id TEXT,
+                        step_id TEXT,
+                        channel TEXT,
+                        sender TEXT,
+                        destination TEXT,
+                        attempt INTEGER,
+                        started_at REAL,
+                        ended_at REAL,
+                        outcome TEXT,
+                        response_code INTEGER,
+                        error TEXT,
+                        latency_ms REAL,
+                        actor TEXT,
+                        detail TEXT,
+                        hash TEXT NOT NULL
+                    );
+                    CREATE INDEX log_by_procedure ON delivery_log(procedure_id, seq);
+                    CREATE INDEX log_by_patient ON delivery_log(patient_id, seq);
+                    CREATE INDEX log_by_time ON delivery_log(at);
+
+                    -- The log is append-only: the database itself refuses edits and deletes. (Someone
+                    -- with the file can drop these triggers; the hash chain is what proves tampering.)
+                    CREATE TRIGGER delivery_log_no_update BEFORE UPDATE ON delivery_log
+                    BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+                    CREATE TRIGGER delivery_log_no_delete BEFORE DELETE ON delivery_log
+                    WHEN (SELECT value FROM store_flag WHERE name = 'pruning') IS NOT 1
+                    BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+                    """
+            )
+            try db.execute(sql: "PRAGMA user_version = \(version)")
+        }
+        try migrator.migrate(writer)
+    }
+}
