@@ -27,6 +27,9 @@ public enum Resolution: Sendable {
     case deferred(until: Date, reason: String)
     /// No route could take it (all opted out, or none configured for the step's channels).
     case skipped(reason: String)
+    /// It cannot be sent as things stand (its protocol or step is no longer configured): dead, so
+    /// staff can replay it once the configuration is fixed.
+    case dead(reason: String)
     /// Shutdown came before it was tried: back to the queue, due as before, untouched.
     case released
 }
@@ -219,6 +222,13 @@ extension ReminderStore {
                     lastError = reason
                     var entry = base
                     entry.event = .skipped
+                    entry.detail = reason
+                    entries.append(entry)
+                case .dead(let reason):
+                    state = .dead
+                    lastError = reason
+                    var entry = base
+                    entry.event = .dead
                     entry.detail = reason
                     entries.append(entry)
                 case .released:

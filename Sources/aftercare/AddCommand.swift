@@ -1,0 +1,163 @@
+import AftercareConfig
+import AftercareCore
+import AftercareDaemon
+import ArgumentParser
+import Foundation
+
+struct AddCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add",
+        abstract: "Add a patient's procedure; prints the planned reminders in the patient's local time.",
+        discussion: """
+            Example:
+              aftercare add --procedure P-1001 --patient MRN-77 --first-name Ana \\
+                --time-zone America/New_York --performed-at now \\
+                --route sms:+15551234567 --route email:ana@example.org
+            """
+    )
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(name: .customLong("procedure"), help: "The procedure's id (letters, digits, . _ : -).")
+    var procedureID: String
+
+    @Option(name: .customLong("patient"), help: "The patient's id, e.g. an MRN.")
+    var patientID: String
+
+    @Option(help: "The patient's first name, for the greeting (optional).")
+    var firstName: String?
+
+    @Option(help: "The patient's IANA time zone (default: the clinic's).")
+    var timeZone: String?
+
+    @Option(help: "When the procedure was performed: now, 2026-11-25T14:30:00-05:00, or 2026-11-25 14:30 (patient's time).")
+    var performedAt: String = "now"
+
+    @Option(
+        name: .customLong("route"),
+        help: "A contact route CHANNEL:ADDRESS, in the patient's order of preference (repeat it): sms:+15551234567, email:ana@example.org."
+    )
+    var routes: [String] = []
+
+    @Option(name: .customLong("opt-out"), help: "A channel the patient opted out of (repeatable).")
+    var optOuts: [String] = []
+
+    @Option(name: .customLong("protocol"), help: "The protocol id.")
+    var protocolID: String = "trigger-point-injection"
+
+    @Flag(help: "Check and print the plan without queueing anything.")
+    var dryRun = false
+
+    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
+    var wait: Double = 5
+
+    func run() async throws {
+        let config = try options.load()
+        let zoneID = timeZone ?? config.policy.clinicTimeZone
+        do {
+            try InputRules.checkTimeZone(zoneID, field: "--time-zone")
+        } catch {
+            throw CLIError("\(error)")
+        }
+        let zone = TimeZone(identifier: zoneID)!
+        guard let performed = Show.parseTime(performedAt, zone: zone) else {
+            throw CLIError(
+                "--performed-at: '\(InputRules.printable(performedAt))' is not now, a time with offset "
+                    + "(2026-11-25T14:30:00-05:00) or a local time (2026-11-25 14:30)"
+            )
+        }
+        guard !routes.isEmpty else { throw CLIError("--route: at least one contact route is needed, e.g. --route sms:+15551234567") }
+        var contactRoutes: [ContactRoute] = []
+        for text in routes {
+            guard let colon = text.firstIndex(of: ":") else {
+                throw CLIError("--route: '\(InputRules.printable(text))' is not CHANNEL:ADDRESS, e.g. sms:+15551234567")
+            }
+            let channel = String(text[..<colon])
+            contactRoutes.append(
+                ContactRoute(channel: channel, address: String(text[text.index(after: colon)...]),
+                             optedOut: optOuts.contains(channel))
+            )
+        }
+        for channel in optOuts where !contactRoutes.contains(where: { $0.channel == channel }) {
+            throw CLIError("--opt-out: the patient has no '\(InputRules.printable(channel))' route")
+        }
+        let procedure = Procedure(
+            id: procedureID, protocolID: protocolID, performedAt: performed,
+            patient: Patient(id: patientID, firstName: firstName, timeZone: zoneID, routes: contactRoutes)
+        )
+        do {
+            try procedure.validate()
+        } catch {
+            throw CLIError("\(error)")
+        }
+        let planned: [PlannedReminder]
+        switch Intake.plan(procedure, config: config, now: Date()) {
+        case .success(let reminders): planned = reminders
+        case .failure(let error): throw CLIError("\(error)")
+        }
+
+        let spool = Spool(root: config.paths.spool)
+        if !dryRun {
+            let name: String
+            do {
+                name = try spool.submit([.procedure(procedure)], label: procedure.id)
+            } catch {
+                throw CLIError("cannot queue the procedure: \(error)")
+            }
+            print("Queued procedure \(procedure.id) for patient \(procedure.patient.id) (spool file \(name)).")
+            try SpoolReceipt.report(spool: spool, name: name, wait: wait)
+        } else {
+            print("Dry run: procedure \(procedure.id) for patient \(procedure.patient.id) is valid; nothing queued.")
+        }
+        print("Planned reminders (times in \(zoneID)):")
+        let rows = planned.map { reminder in
+            [
+                reminder.stepID, Show.localWithZone(reminder.dueAt, zone), Show.stateLabel(reminder),
+                reminder.note ?? "",
+            ]
+        }
+        print(Show.table(["STEP", "DUE", "STATE", "NOTE"], rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+    }
+}
+
+/// Tells staff what became of a request they dropped in the spool.
+enum SpoolReceipt {
+    enum Fate {
+        case taken
+        case rejected(String)
+        case waiting
+    }
+
+    /// Waits up to `wait` seconds for the daemon to take or refuse the file.
+    static func fate(spool: Spool, name: String, wait: Double) -> Fate {
+        let deadline = Date().addingTimeInterval(wait)
+        let incoming = spool.incoming.appendingPathComponent(name).path
+        let errorFile = spool.rejected.appendingPathComponent(name + ".error")
+        repeat {
+            if !FileManager.default.fileExists(atPath: incoming) {
+                if let reason = try? String(contentsOf: errorFile, encoding: .utf8) {
+                    return .rejected(reason.trimmingCharacters(in: .whitespacesAndNewlines))
+                }
+                return .taken
+            }
+            if wait <= 0 { break }
+            usleep(50_000)
+        } while Date() < deadline
+        return .waiting
+    }
+
+    /// Prints the fate; a refusal is an error.
+    static func report(spool: Spool, name: String, wait: Double) throws {
+        guard wait > 0 else { return }
+        switch fate(spool: spool, name: name, wait: wait) {
+        case .taken:
+            print("The daemon has taken it.")
+        case .rejected(let reason):
+            throw CLIError("the daemon refused it: \(reason)")
+        case .waiting:
+            FileHandle.standardError.write(
+                Data("note: the daemon has not taken it within \(Int(wait)) s; it stays queued until the daemon runs\n".utf8)
+            )
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import AftercareConfig
+import AftercareCore
+import AftercareDaemon
+import ArgumentParser
+import Foundation
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Work with the configuration.", subcommands: [Check.self])
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Load the configuration, its protocols and secrets; report the first problem or a summary.")
+
+        @OptionGroup var options: ConfigOption
+
+        func run() async throws {
+            let config = try options.load()
+            for (name, settings) in config.senders.sorted(by: { $0.key < $1.key }) {
+                var sources: [CredentialSource] = []
+                switch settings {
+                case .file: break
+                case .webhook(let webhook): sources.append(webhook.secret)
+                case .smtp(let smtp): if let password = smtp.password { sources.append(password) }
+                case .httpEmail(let email): sources.append(email.token)
+                }
+                for source in sources {
+                    do {
+                        _ = try Credentials.read(source)
+                    } catch {
+                        throw CLIError("sender '\(name)': \(error)")
+                    }
+                }
+            }
+            print("\(config.file): OK")
+            print("  clinic      \(config.policy.clinicName), \(config.policy.clinicPhone), \(config.policy.clinicTimeZone)")
+            print("  quiet hours \(config.policy.quietHours?.description ?? "none")"
+                + " (urgent steps: \(config.policy.urgentQuietHours?.description ?? "none"))")
+            for careProtocol in config.protocols.values.sorted(by: { $0.id < $1.id }) {
+                print("  protocol    \(careProtocol.id): \(careProtocol.steps.count) steps "
+                    + "(\(careProtocol.steps.map(\.id).joined(separator: ", ")))")
+            }
+            for (name, settings) in config.senders.sorted(by: { $0.key < $1.key }) {
+                print("  sender      \(name) (\(settings.kind))")
+            }
+            for (channel, sender) in config.channels.sorted(by: { $0.key < $1.key }) {
+                print("  channel     \(channel) → \(sender)")
+            }
+            print("  database    \(config.paths.database)")
+            print("  spool       \(config.paths.spool)")
+        }
+    }
+}
+
+struct ProtocolCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "protocol", abstract: "Work with protocols.", subcommands: [Preview.self])
+
+    struct Preview: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a protocol's reminders for an example procedure: when each goes out and what it says.")
+
+        @OptionGroup var options: ConfigOption
+
+        @Option(name: .customLong("protocol"), help: "The protocol id.")
+        var protocolID: String = "trigger-point-injection"
+
+        @Option(help: "The example procedure time: now, RFC 3339, or 2026-11-25 14:30 (patient's time).")
+        var performedAt: String = "now"
+
+        @Option(help: "The example patient's IANA time zone (default: the clinic's).")
+        var timeZone: String?
+
+        @Option(help: "The example patient's first name.")
+        var firstName: String?
+
+        func run() async throws {
+            let config = try options.load()
+            guard let careProtocol = config.protocols[protocolID] else {
+                throw CLIError(
+                    "unknown protocol '\(InputRules.printable(protocolID))' "
+                        + "(configured: \(config.protocols.keys.sorted().joined(separator: ", ")))")
+            }
+            let zoneID = timeZone ?? config.policy.clinicTimeZone
+            guard let zone = TimeZone(identifier: zoneID) else { throw CLIError("--time-zone: unknown zone '\(zoneID)'") }
+            guard let performed = Show.parseTime(performedAt, zone: zone) else {
+                throw CLIError("--performed-at: '\(InputRules.printable(performedAt))' is not a time")
+            }
+            let procedure = Procedure(
+                id: "PREVIEW", protocolID: protocolID, performedAt: performed,
+                patient: Patient(id: "PREVIEW", firstName: firstName, timeZone: zoneID,
+                                 routes: [ContactRoute(channel: "sms", address: "+15550000000")])
+            )
+            let plan = Planner.plan(procedure, protocol: careProtocol, policy: config.policy, now: performed)
+            print("\(careProtocol.title) — procedure at \(Show.localWithZone(performed, zone))\n")
+            for (step, reminder) in zip(careProtocol.steps, plan) {
+                let context = TemplateContext(procedure: procedure, policy: config.policy, sendAt: reminder.dueAt)
+                print("── \(step.id)  \(Show.localWithZone(reminder.dueAt, zone))  (at \(step.offset), valid for "
+                    + "\(DurationText.format(seconds: step.validForSeconds))\(step.urgent ? ", urgent" : ""))"
+                    + (reminder.note.map { "  — \($0)" } ?? ""))
+                print("Subject: \(step.subject.render(context))")
+                print(step.body.render(context))
+                print("")
+            }
+        }
+    }
+}

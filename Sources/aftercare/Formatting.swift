@@ -1,0 +1,56 @@
+import AftercareCore
+import Foundation
+
+/// How the CLI shows times and tables.
+enum Show {
+    /// `Wed Nov 25 14:30` in `zone`.
+    static func local(_ date: Date, _ zone: TimeZone) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = zone
+        formatter.dateFormat = "EEE MMM d HH:mm"
+        return formatter.string(from: date)
+    }
+
+    /// `Wed Nov 25 14:30 EST`.
+    static func localWithZone(_ date: Date, _ zone: TimeZone) -> String {
+        local(date, zone) + " " + (zone.abbreviation(for: date) ?? zone.identifier)
+    }
+
+    /// Left-aligned columns separated by two spaces, no wider than needed.
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows
+        var widths = Array(repeating: 0, count: header.count)
+        for row in all {
+            for (index, cell) in row.enumerated() where index < widths.count {
+                widths[index] = max(widths[index], cell.count)
+            }
+        }
+        return all.map { row in
+            row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    /// Parses `now`, an RFC 3339 time with offset, or a local `YYYY-MM-DD HH:MM` (also with `T`) read
+    /// in `zone`.
+    static func parseTime(_ text: String, zone: TimeZone, now: Date = Date()) -> Date? {
+        if text == "now" { return now }
+        if let date = Timestamp.parse(text) { return date }
+        let normalized = text.replacingOccurrences(of: "T", with: " ")
+        for format in ["yyyy-MM-dd HH:mm", "yyyy-MM-dd HH:mm:ss"] {
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = zone
+            formatter.dateFormat = format
+            formatter.isLenient = false
+            if let date = formatter.date(from: normalized) { return date }
+        }
+        return nil
+    }
+
+    static func stateLabel(_ reminder: PlannedReminder) -> String {
+        reminder.state == .expired ? "expired" : "scheduled"
+    }
+}

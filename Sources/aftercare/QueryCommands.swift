@@ -1,0 +1,121 @@
+import AftercareConfig
+import AftercareCore
+import AftercareDaemon
+import AftercareStore
+import ArgumentParser
+import Foundation
+
+struct ListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List procedures, newest first, with their reminders' states.")
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(name: .customLong("patient"), help: "Only this patient's procedures.")
+    var patientID: String?
+
+    @Flag(help: "Only procedures with reminders still to send.")
+    var pending = false
+
+    @Option(help: "At most this many procedures.")
+    var limit: Int = 50
+
+    func run() async throws {
+        let config = try options.load()
+        guard limit > 0 else { throw CLIError("--limit must be positive") }
+        let store = try openStore(config)
+        let found = try await store.procedures(patientID: patientID, pendingOnly: pending, limit: limit)
+        guard !found.isEmpty else {
+            print("No procedures.")
+            return
+        }
+        let rows = found.map { view, reminders -> [String] in
+            var counts: [ReminderState: Int] = [:]
+            for reminder in reminders { counts[reminder.state, default: 0] += 1 }
+            let summary = ReminderState.allCases.compactMap { state in counts[state].map { "\($0) \(state.rawValue)" } }
+            return [
+                view.procedure.id, view.procedure.patient.id,
+                Show.localWithZone(view.procedure.performedAt, view.procedure.patientTimeZone), view.status,
+                summary.joined(separator: ", "),
+            ]
+        }
+        print(Show.table(["PROCEDURE", "PATIENT", "PERFORMED", "STATUS", "REMINDERS"], rows))
+    }
+}
+
+struct ShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show one procedure and its reminders with states and times.")
+
+    @OptionGroup var options: ConfigOption
+
+    @Argument(help: "The procedure id.")
+    var procedureID: String
+
+    @Flag(help: "Show contact addresses in full.")
+    var unmask = false
+
+    func run() async throws {
+        let config = try options.load()
+        let store = try openStore(config)
+        guard let (view, reminders) = try await store.procedure(procedureID) else {
+            throw CLIError("no procedure \(InputRules.printable(procedureID))")
+        }
+        let procedure = view.procedure
+        let zone = procedure.patientTimeZone
+        print("Procedure \(procedure.id)  (\(view.status), protocol \(procedure.protocolID))")
+        print("Patient   \(procedure.patient.id)\(procedure.patient.firstName.map { " (\($0))" } ?? "")")
+        print("Performed \(Show.localWithZone(procedure.performedAt, zone))  [\(procedure.patient.timeZone)]")
+        for (index, route) in procedure.patient.routes.enumerated() {
+            let address = unmask ? route.address : ContactMask.mask(route.address)
+            print("Route \(index + 1)   \(route.channel) \(address)\(route.optedOut ? "  (opted out)" : "")")
+        }
+        print("")
+        let rows = reminders.map { reminder -> [String] in
+            [
+                reminder.stepID, reminder.state.rawValue, Show.local(reminder.dueAt, zone),
+                Show.local(reminder.expiresAt, zone), String(reminder.attempts), reminder.lastError ?? "",
+            ]
+        }
+        print(Show.table(["STEP", "STATE", "DUE", "WINDOW ENDS", "TRIES", "LAST ERROR"], rows))
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Queue depth, next due, failures and the last delivery.")
+
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        let config = try options.load()
+        let spool = Spool(root: config.paths.spool)
+        let store = try openStore(config)
+        let now = Date()
+        let status = try await store.status(now: now)
+        let zone = TimeZone(identifier: config.policy.clinicTimeZone) ?? .gmt
+        let waiting = (try? spool.pendingFiles().count) ?? 0
+        let rejected = ((try? FileManager.default.contentsOfDirectory(atPath: spool.rejected.path)) ?? [])
+            .filter { $0.hasSuffix(".error") }.count
+        var lines: [(String, String)] = [
+            ("Procedures", "\(status.procedures)"),
+            ("Scheduled", "\(status.count(.scheduled)) (due now: \(status.dueNow), retrying: \(status.retrying))"),
+            ("In flight", "\(status.count(.claimed))"),
+            ("Delivered", "\(status.count(.delivered))"),
+            ("Expired", "\(status.count(.expired))"),
+            ("Dead", "\(status.count(.dead))\(status.count(.dead) > 0 ? "  (see 'aftercare replay')" : "")"),
+            ("Cancelled", "\(status.count(.cancelled))"),
+            ("Skipped", "\(status.count(.skipped))"),
+            ("Failed tries (24 h)", "\(status.failuresLastDay)"),
+            ("Next due", status.nextDue.map { Show.localWithZone($0, zone) } ?? "nothing scheduled"),
+            ("Last delivery", status.lastDelivery.map { Show.localWithZone($0, zone) } ?? "none yet"),
+            ("Spool waiting", "\(waiting) file(s)"),
+            ("Spool rejected", "\(rejected) file(s)\(rejected > 0 ? "  (see \(spool.rejected.path))" : "")"),
+        ]
+        if status.dueNow > 0 && waiting > 0 {
+            lines.append(("Note", "work is waiting: is the daemon running?"))
+        }
+        let width = lines.map(\.0.count).max() ?? 0
+        for (label, value) in lines { print(label.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value) }
+    }
+}

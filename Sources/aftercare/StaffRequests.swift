@@ -1,0 +1,160 @@
+import AftercareConfig
+import AftercareCore
+import AftercareDaemon
+import AftercareStore
+import ArgumentParser
+import Foundation
+
+/// Opens the database read-only, or explains why not.
+func openStore(_ config: AftercareConfiguration) throws -> ReminderStore {
+    do {
+        return try ReminderStore(path: config.paths.database, readOnly: true)
+    } catch {
+        throw CLIError("\(error)")
+    }
+}
+
+/// Queues a request and reports what the daemon made of it.
+func submit(_ request: IntakeRequest, label: String, config: AftercareConfiguration, wait: Double) throws {
+    let spool = Spool(root: config.paths.spool)
+    let name: String
+    do {
+        name = try spool.submit([request], label: label)
+    } catch {
+        throw CLIError("cannot queue the request: \(error)")
+    }
+    print("Queued (spool file \(name)).")
+    try SpoolReceipt.report(spool: spool, name: name, wait: wait)
+}
+
+/// Checks a procedure exists before queueing a request about it, when the database is readable.
+func checkKnown(_ procedureID: String, config: AftercareConfiguration) async throws -> (ProcedureView, [ReminderView])? {
+    do {
+        try InputRules.checkIdentifier(procedureID, field: "procedure")
+    } catch {
+        throw CLIError("\(error)")
+    }
+    guard let store = try? ReminderStore(path: config.paths.database, readOnly: true) else { return nil }
+    guard let found = try await store.procedure(procedureID) else {
+        throw CLIError("no procedure \(procedureID)")
+    }
+    return found
+}
+
+struct CancelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Cancel all of a procedure's pending reminders (in one transaction)."
+    )
+
+    @OptionGroup var options: ConfigOption
+
+    @Argument(help: "The procedure id.")
+    var procedureID: String
+
+    @Option(help: "Why (recorded in the delivery log).")
+    var reason: String?
+
+    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
+    var wait: Double = 5
+
+    func run() async throws {
+        let config = try options.load()
+        if let reason {
+            do { try InputRules.checkText(reason, field: "--reason") } catch { throw CLIError("\(error)") }
+        }
+        if let (view, reminders) = try await checkKnown(procedureID, config: config) {
+            if view.status == "cancelled" { throw CLIError("procedure \(procedureID) is already cancelled") }
+            let pending = reminders.filter { $0.state.isPending }.count
+            print("Cancelling \(pending) pending reminder(s) of procedure \(procedureID).")
+        }
+        try submit(.cancel(procedureID: procedureID, reason: reason), label: procedureID, config: config, wait: wait)
+    }
+}
+
+struct RescheduleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Correct a procedure's time or the patient's time zone; pending reminders are re-planned.",
+        discussion: "Reminders already sent stay sent."
+    )
+
+    @OptionGroup var options: ConfigOption
+
+    @Argument(help: "The procedure id.")
+    var procedureID: String
+
+    @Option(help: "The corrected procedure time: 2026-11-25T14:30:00-05:00 or 2026-11-25 14:30 (patient's time).")
+    var performedAt: String?
+
+    @Option(help: "The corrected IANA time zone of the patient.")
+    var timeZone: String?
+
+    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
+    var wait: Double = 5
+
+    func run() async throws {
+        let config = try options.load()
+        guard performedAt != nil || timeZone != nil else {
+            throw CLIError("give --performed-at, --time-zone or both")
+        }
+        if let timeZone {
+            do { try InputRules.checkTimeZone(timeZone, field: "--time-zone") } catch { throw CLIError("\(error)") }
+        }
+        let known = try await checkKnown(procedureID, config: config)
+        if known?.0.status == "cancelled" { throw CLIError("procedure \(procedureID) is cancelled") }
+        let zone = TimeZone(identifier: timeZone ?? known?.0.procedure.patient.timeZone ?? config.policy.clinicTimeZone)!
+        var performed: Date?
+        if let performedAt {
+            guard let date = Show.parseTime(performedAt, zone: zone) else {
+                throw CLIError("--performed-at: '\(InputRules.printable(performedAt))' is not a time")
+            }
+            performed = date
+        }
+        try submit(
+            .reschedule(procedureID: procedureID, performedAt: performed, timeZone: timeZone),
+            label: procedureID, config: config, wait: wait
+        )
+    }
+}
+
+struct ReplayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-queue dead reminders: one, a procedure's, or all that died since a time.",
+        discussion: "A reminder whose validity window has closed is not re-sent; it is marked expired instead."
+    )
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(help: "One reminder, as PROCEDURE.STEP (see 'aftercare show').")
+    var reminder: String?
+
+    @Option(help: "Every dead reminder of this procedure.")
+    var procedure: String?
+
+    @Option(help: "Every reminder that died at or after this time (RFC 3339 with offset).")
+    var since: String?
+
+    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
+    var wait: Double = 5
+
+    func run() async throws {
+        let config = try options.load()
+        let scopes = [reminder != nil, procedure != nil, since != nil].filter { $0 }.count
+        guard scopes == 1 else { throw CLIError("give exactly one of --reminder, --procedure or --since") }
+        let scope: ReplayScope
+        if let reminder {
+            let parts = reminder.split(separator: ".", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw CLIError("--reminder: '\(InputRules.printable(reminder))' is not PROCEDURE.STEP") }
+            _ = try await checkKnown(parts[0], config: config)
+            scope = .reminder(reminder)
+        } else if let procedure {
+            _ = try await checkKnown(procedure, config: config)
+            scope = .procedure(procedure)
+        } else {
+            guard let date = Timestamp.parse(since!) else {
+                throw CLIError("--since: '\(InputRules.printable(since!))' is not a time with offset such as 2026-11-25T08:00:00Z")
+            }
+            scope = .deadSince(date)
+        }
+        try submit(.replay(scope), label: "replay", config: config, wait: wait)
+    }
+}
