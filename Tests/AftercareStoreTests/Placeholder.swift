@@ -1,2 +1,0 @@
-// Tests for AftercareStoreTests are added with the work they prove.
-import Testing

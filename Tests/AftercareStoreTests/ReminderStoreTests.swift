@@ -1,0 +1,220 @@
+import AftercareCore
+import AftercareStore
+import Foundation
+import GRDB
+import Testing
+
+@Suite("Reminder store on a real SQLite file")
+struct ReminderStoreTests {
+    let folder = TemporaryFolder()
+    var databasePath: String { folder.path + "/aftercare.sqlite" }
+
+    func makeStore() throws -> ReminderStore { try ReminderStore(path: databasePath) }
+
+    @Test("the same procedure ingested twice is one procedure with one plan")
+    func ingestIsIdempotent() async throws {
+        let store = try makeStore()
+        let procedure = Fixture.procedure("P-1")
+        let first = try await store.ingest([Fixture.file("a.json", [.procedure(procedure)])], now: Fixture.base, plan: Fixture.plan)
+        let second = try await store.ingest([Fixture.file("b.json", [.procedure(procedure)])], now: Fixture.base, plan: Fixture.plan)
+        #expect(first == [.applied(summary: "1 procedure(s) planned: 3 reminder(s), 0 expired")])
+        #expect(second == [.applied(summary: "1 already known")])
+        let (view, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(view.status == "active")
+        #expect(reminders.map(\.stepID) == ["ice", "checkin-24h", "checkin-48h"])
+        #expect(reminders.allSatisfy { $0.state == .scheduled })
+        let status = try await store.status(now: Fixture.base)
+        #expect(status.procedures == 1)
+        #expect(status.count(.scheduled) == 3)
+    }
+
+    @Test("a different procedure under a known id is refused and changes nothing")
+    func conflictingProcedureIsRejected() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        var changed = Fixture.procedure("P-1")
+        changed.performedAt = Fixture.base.addingTimeInterval(3600)
+        let outcome = try await store.ingest([Fixture.file("b.json", [.procedure(changed)])], now: Fixture.base, plan: Fixture.plan)
+        guard case .rejected(let error) = outcome.first else {
+            Issue.record("expected a rejection, got \(outcome)")
+            return
+        }
+        #expect(error.procedureID == "P-1")
+        #expect(error.problem.contains("already ingested with different details"))
+        let (view, _) = try #require(try await store.procedure("P-1"))
+        #expect(view.procedure.performedAt == Fixture.base)
+    }
+
+    @Test("one bad file in a batch is refused alone; the others are applied whole")
+    func badFileIsIsolated() async throws {
+        let store = try makeStore()
+        let files = [
+            Fixture.file("good-1.json", [.procedure(Fixture.procedure("P-1")), .procedure(Fixture.procedure("P-2"))]),
+            // Its second request fails, so its first must not be applied either.
+            Fixture.file("bad.json", [.procedure(Fixture.procedure("P-3")), .cancel(procedureID: "P-404", reason: nil)]),
+            Fixture.file("good-2.json", [.procedure(Fixture.procedure("P-4"))]),
+        ]
+        let outcomes = try await store.ingest(files, now: Fixture.base, plan: Fixture.plan)
+        #expect(outcomes.count == 3)
+        if case .rejected(let error) = outcomes[1] {
+            #expect(error.description == "procedure P-404: no such procedure")
+        } else {
+            Issue.record("bad.json should be rejected: \(outcomes[1])")
+        }
+        #expect(try await store.procedure("P-1") != nil)
+        #expect(try await store.procedure("P-2") != nil)
+        #expect(try await store.procedure("P-3") == nil)
+        #expect(try await store.procedure("P-4") != nil)
+        let verdict = try await store.verifyLog()
+        let expectedHead = try await head(store)
+        #expect(verdict == .intact(rows: 4, head: expectedHead))
+    }
+
+    @Test("a procedure entered after its first window closed plans that step as expired")
+    func lateEntryExpiresStaleSteps() async throws {
+        let store = try makeStore()
+        let now = Fixture.base.addingTimeInterval(25 * 3600)
+        _ = try await store.ingest([Fixture.file("late.json", [.procedure(Fixture.procedure("P-1"))])], now: now, plan: Fixture.plan)
+        let (_, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(reminders.map(\.state) == [.expired, .scheduled, .scheduled])
+        #expect(reminders[1].dueAt == now)
+        let claimed = try await store.claimDue(now: now, limit: 10, leaseSeconds: 60)
+        #expect(claimed.map(\.stepID) == ["checkin-24h"])
+    }
+
+    @Test("cancel stops every pending reminder in one go and leaves sent ones sent")
+    func cancelStopsPendingOnly() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
+        #expect(claimed.map(\.stepID) == ["ice"])
+        try await store.record([(claimed[0], .attempted(Self.attempt(.delivered(detail: "ok")), next: .delivered))], now: Fixture.base)
+        let outcome = try await store.ingest(
+            [Fixture.file("c.json", [.cancel(procedureID: "P-1", reason: "patient declined")])], now: Fixture.base,
+            plan: Fixture.plan)
+        #expect(outcome == [.applied(summary: "2 reminder(s) cancelled")])
+        let (view, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(view.status == "cancelled")
+        #expect(reminders.map(\.state) == [.delivered, .cancelled, .cancelled])
+        #expect(try await store.claimDue(now: Fixture.base.addingTimeInterval(3 * 86400), limit: 10, leaseSeconds: 60).isEmpty)
+    }
+
+    @Test("reschedule moves pending reminders and leaves delivered ones alone")
+    func rescheduleReplansPending() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
+        try await store.record([(claimed[0], .attempted(Self.attempt(.delivered(detail: "ok")), next: .delivered))], now: Fixture.base)
+        let corrected = Fixture.base.addingTimeInterval(2 * 3600)
+        _ = try await store.ingest(
+            [Fixture.file("r.json", [.reschedule(procedureID: "P-1", performedAt: corrected, timeZone: "Europe/Berlin")])],
+            now: Fixture.base, plan: Fixture.plan)
+        let (view, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(view.procedure.performedAt == corrected)
+        #expect(view.procedure.patient.timeZone == "Europe/Berlin")
+        #expect(reminders[0].state == .delivered)
+        #expect(reminders[0].dueAt == Fixture.base)
+        #expect(reminders[1].dueAt == corrected.addingTimeInterval(86400))
+        #expect(reminders[2].dueAt == corrected.addingTimeInterval(172_800))
+    }
+
+    @Test("a completion after the lease was lost is logged but does not overwrite the new holder's state")
+    func completionIsFencedByLeaseToken() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let first = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 30)
+        // The first holder stalls past its lease; the claim comes back and is taken again.
+        let later = Fixture.base.addingTimeInterval(31)
+        #expect(try await store.recoverClaims(now: later) == 1)
+        let second = try await store.claimDue(now: later, limit: 1, leaseSeconds: 30)
+        #expect(second.map(\.stepID) == ["ice"])
+        #expect(second[0].leaseToken != first[0].leaseToken)
+        let fenced = try await store.record(
+            [(first[0], .attempted(Self.attempt(.failed(reason: "stale")), next: .dead(reason: "stale")))], now: later)
+        #expect(fenced == 1)
+        let (_, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(reminders[0].state == .claimed)
+        try await store.record([(second[0], .attempted(Self.attempt(.delivered(detail: "HTTP 204")), next: .delivered))], now: later)
+        let (_, after) = try #require(try await store.procedure("P-1"))
+        #expect(after[0].state == .delivered)
+        #expect(after[0].attempts == 1)
+    }
+
+    @Test("a retry goes back to the queue at its new time with the attempt counted")
+    func retryReschedules() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 30)
+        let retryAt = Fixture.base.addingTimeInterval(60)
+        try await store.record(
+            [(claimed[0], .attempted(Self.attempt(.retry(after: nil, reason: "HTTP 503")), next: .retry(at: retryAt)))],
+            now: Fixture.base)
+        #expect(try await store.claimDue(now: Fixture.base.addingTimeInterval(59), limit: 1, leaseSeconds: 30).isEmpty)
+        #expect(try await store.nextDueTime() == retryAt)
+        let again = try await store.claimDue(now: retryAt, limit: 1, leaseSeconds: 30)
+        #expect(again.map(\.attempt) == [2])
+        let status = try await store.status(now: retryAt)
+        #expect(status.count(.claimed) == 1)
+    }
+
+    @Test("a daemon starting up takes back every claim a crashed run held")
+    func startupRecoversAllClaims() async throws {
+        do {
+            let store = try makeStore()
+            _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+            _ = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 3600)
+        }
+        let reopened = try makeStore()
+        #expect(try await reopened.recoverClaims(now: Fixture.base, all: true) == 1)
+        #expect(try await reopened.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60).map(\.stepID) == ["ice"])
+    }
+
+    @Test("the delivery log refuses edits and deletes")
+    func logIsAppendOnly() async throws {
+        let store = try makeStore()
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let queue = try DatabaseQueue(path: databasePath)
+        #expect(throws: DatabaseError.self) { try queue.write { try $0.execute(sql: "UPDATE delivery_log SET detail = 'x'") } }
+        #expect(throws: DatabaseError.self) { try queue.write { try $0.execute(sql: "DELETE FROM delivery_log") } }
+    }
+
+    @Test("the chain verifies after mixed events and names an edited row")
+    func chainDetectsEdits() async throws {
+        let store = try makeStore()
+        for index in 0..<20 {
+            _ = try await store.ingest(
+                [Fixture.file("f\(index).json", [.procedure(Fixture.procedure("P-\(index)"))])], now: Fixture.base,
+                plan: Fixture.plan)
+        }
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 50, leaseSeconds: 60)
+        try await store.record(
+            claimed.map { ($0, .attempted(Self.attempt(.delivered(detail: "ok")), next: .delivered)) }, now: Fixture.base)
+        let verdict = try await store.verifyLog()
+        guard case .intact(let rows, _) = verdict else {
+            Issue.record("chain should verify")
+            return
+        }
+        #expect(rows == 40)
+        // Tamper with row 7 behind the store's back (dropping the guard trigger first, as an attacker would).
+        let queue = try DatabaseQueue(path: databasePath)
+        try await queue.write { db in
+            try db.execute(sql: "DROP TRIGGER delivery_log_no_update")
+            try db.execute(sql: "UPDATE delivery_log SET outcome = 'failed' WHERE seq = 7 OR seq = 12")
+        }
+        let tampered = try await store.verifyLog()
+        #expect(tampered == .broken(seq: 7, reason: "row 7 does not match its hash (edited, reordered or inserted)"))
+    }
+
+    static func attempt(_ outcome: DeliveryOutcome) -> Attempt {
+        Attempt(
+            channel: "sms", sender: "outbox", destination: "+15551234567", startedAt: Fixture.base,
+            endedAt: Fixture.base.addingTimeInterval(0.002), result: SendResult(outcome, responseCode: 204)
+        )
+    }
+
+    func head(_ store: ReminderStore) async throws -> String {
+        try await DatabaseQueue(path: databasePath).read { db in
+            try String.fetchOne(db, sql: "SELECT hash FROM delivery_log ORDER BY seq DESC LIMIT 1") ?? ""
+        }
+    }
+}
