@@ -1,0 +1,180 @@
+import Foundation
+import Testing
+
+@Suite("The aftercare binary as staff use it", .serialized)
+struct CLITests {
+    @Test("--help works on every command")
+    func helpEverywhere() throws {
+        let harness = try CLIHarness()
+        let top = try harness.run(["--help"], config: false)
+        #expect(top.status == 0)
+        for command in ["daemon", "add", "list", "show", "cancel", "reschedule", "replay", "status", "config", "protocol"] {
+            #expect(top.stdout.contains(command))
+        }
+        for command in [["daemon"], ["add"], ["list"], ["show"], ["cancel"], ["reschedule"], ["replay"], ["status"],
+                        ["config", "check"], ["protocol", "preview"]]
+        {
+            let result = try harness.run(command + ["--help"], config: false)
+            #expect(result.status == 0, "\(command) --help exited \(result.status)")
+            #expect(result.stdout.contains("USAGE"), "\(command) --help printed no usage")
+        }
+    }
+
+    @Test("add prints the plan in the patient's local time, with DST and zones honoured")
+    func addDryRunPrintsLocalSchedule() throws {
+        let harness = try CLIHarness()
+        let result = try harness.run([
+            "add", "--procedure", "P-1", "--patient", "MRN-1", "--time-zone", "Europe/Berlin",
+            "--performed-at", "2026-10-24 14:30", "--route", "sms:+4915112345678", "--dry-run",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("times in Europe/Berlin"))
+        // Berlin leaves summer time on Sun Oct 25 2026: +24 h after 14:30 CEST is 13:30 CET.
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.contains("ice") && $0.contains("Sat Oct 24 14:30 GMT+2") || $0.contains("ice") && $0.contains("Sat Oct 24 14:30 CEST") })
+        #expect(lines.contains { $0.contains("checkin-24h") && $0.contains("Sun Oct 25 13:30") })
+        #expect(lines.contains { $0.contains("checkin-72h") && $0.contains("Tue Oct 27 13:30") })
+        #expect(harness.incomingFiles().isEmpty)
+    }
+
+    @Test("bad input is one clear line on stderr, a non-zero exit, and nothing queued")
+    func badInputChangesNothing() throws {
+        let harness = try CLIHarness()
+        let base = ["add", "--procedure", "P-1", "--patient", "MRN-1", "--performed-at", "now"]
+        let cases: [([String], String)] = [
+            (base + ["--route", "sms:555-1234"], "is not an E.164 phone number"),
+            (base + ["--route", "email:not-an-address"], "is not an email address"),
+            (base + ["--route", "sms:+15551234567", "--time-zone", "Mars/Olympus"], "is not a known IANA time zone"),
+            (base + ["--route", "sms:+15551234567", "--first-name", "Ana\r\nBcc: x@evil.example"], "control character"),
+            (["add", "--procedure", "P 1", "--patient", "MRN-1", "--route", "sms:+15551234567"], "procedure_id"),
+            (base + ["--route", "sms:+15551234567", "--protocol", "knee"], "unknown protocol 'knee'"),
+            (base + ["--route", "fax:+15551234567"], "no contact route is on a configured channel"),
+            (["add", "--procedure", "P-1", "--patient", "MRN-1", "--route", "sms:+15551234567", "--performed-at", "yesterday"],
+             "--performed-at"),
+        ]
+        for (arguments, expected) in cases {
+            let result = try harness.run(arguments)
+            #expect(result.status != 0, "\(arguments) should fail")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "\(arguments): stderr was \(result.stderr)")
+            #expect(result.stderr.contains(expected), "\(arguments): stderr was \(result.stderr)")
+        }
+        #expect(harness.incomingFiles().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: harness.state + "/aftercare.sqlite"))
+    }
+
+    @Test("config check reports a bad file with its line, and passes the shipped example")
+    func configCheck() throws {
+        let harness = try CLIHarness()
+        let example = CLIHarness.repositoryRoot.appendingPathComponent("Config/aftercare.toml").path
+        let good = try harness.run(["config", "check", "--config", example], config: false)
+        #expect(good.status == 0, "\(good.stderr)")
+        #expect(good.stdout.contains("OK"))
+        #expect(good.stdout.contains("trigger-point-injection"))
+        let broken = harness.root + "/broken.toml"
+        try String(contentsOfFile: harness.configPath, encoding: .utf8)
+            .replacingOccurrences(of: "[channels]", with: "[channels]\nsmss = 3")
+            .write(toFile: broken, atomically: true, encoding: .utf8)
+        let bad = try harness.run(["config", "check", "--config", broken], config: false)
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("broken.toml:"))
+        #expect(bad.stderr.split(separator: "\n").count == 1)
+    }
+
+    @Test("protocol preview shows each step's time and its words")
+    func protocolPreview() throws {
+        let harness = try CLIHarness()
+        let result = try harness.run([
+            "protocol", "preview", "--performed-at", "2026-11-25T14:30:00-05:00", "--first-name", "Ana",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        for step in ["ice", "activity", "resume-activity", "checkin-24h", "checkin-48h", "checkin-72h"] {
+            #expect(result.stdout.contains("── \(step) "))
+        }
+        #expect(result.stdout.contains("Riverside Pain Clinic"))
+        #expect(result.stdout.contains("+1 555-010-2030"))
+    }
+
+    @Test("a running daemon: add puts the 0 h reminders in the outbox within a second; show, status, cancel, list")
+    func daemonRoundTrip() throws {
+        let harness = try CLIHarness()
+        let daemon = try harness.startDaemon()
+        defer { if daemon.isRunning { daemon.terminate() } }
+        #expect(harness.eventually { FileManager.default.fileExists(atPath: harness.state + "/spool/incoming") })
+
+        let started = Date()
+        let add = try harness.run([
+            "add", "--procedure", "P-2001", "--patient", "MRN-9", "--first-name", "Ana", "--performed-at", "now",
+            "--route", "sms:+15551234567", "--route", "email:ana@example.org",
+        ])
+        #expect(add.status == 0, "\(add.stderr)")
+        #expect(add.stdout.contains("The daemon has taken it."))
+        #expect(harness.eventually(timeout: 5) { harness.outboxFiles() == ["P-2001.activity.txt", "P-2001.ice.txt"] })
+        #expect(Date().timeIntervalSince(started) < 3)
+
+        let show = try harness.run(["show", "P-2001"])
+        #expect(show.status == 0, "\(show.stderr)")
+        #expect(show.stdout.contains("sms +1******4567"))
+        #expect(show.stdout.contains("email a***@example.org"))
+        #expect(!show.stdout.contains("ana@example.org"))
+        #expect(show.stdout.split(separator: "\n").filter { $0.contains("delivered") }.count == 2)
+
+        let status = try harness.run(["status"])
+        #expect(status.status == 0)
+        #expect(status.stdout.contains("Delivered            2") || status.stdout.range(of: #"Delivered\s+2"#, options: .regularExpression) != nil)
+        #expect(status.stdout.range(of: #"Scheduled\s+4"#, options: .regularExpression) != nil)
+
+        let cancel = try harness.run(["cancel", "P-2001", "--reason", "patient declined"])
+        #expect(cancel.status == 0, "\(cancel.stderr)")
+        #expect(cancel.stdout.contains("Cancelling 4 pending reminder(s)"))
+        let again = try harness.run(["cancel", "P-2001"])
+        #expect(again.status != 0)
+        #expect(again.stderr.contains("already cancelled"))
+        let unknown = try harness.run(["cancel", "P-404"])
+        #expect(unknown.status != 0)
+        #expect(unknown.stderr.contains("no procedure P-404"))
+
+        let list = try harness.run(["list"])
+        #expect(list.stdout.contains("P-2001"))
+        #expect(list.stdout.contains("2 delivered, 4 cancelled"))
+
+        daemon.terminate()  // SIGTERM
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0, "daemon log: \(harness.daemonLog)")
+    }
+
+    @Test("kill -9 in the middle of a backlog: after a restart every due reminder is delivered, none lost")
+    func killNineLosesNothing() throws {
+        let harness = try CLIHarness()
+        // 1,500 procedures performed now: 3,000 reminders due at once.
+        let spool = harness.state + "/spool"
+        try FileManager.default.createDirectory(atPath: spool + "/incoming", withIntermediateDirectories: true)
+        var lines = ""
+        let now = ISO8601DateFormatter().string(from: Date())
+        for index in 0..<1500 {
+            lines += #"{"procedure_id":"K-\#(index)","protocol":"trigger-point-injection","performed_at":"\#(now)","#
+                + #""patient":{"id":"MRN-\#(index)","time_zone":"America/New_York","routes":[{"channel":"sms","to":"+15551234567"}]}}"#
+                + "\n"
+        }
+        try lines.write(toFile: spool + "/incoming/bulk.jsonl", atomically: true, encoding: .utf8)
+
+        let first = try harness.startDaemon()
+        #expect(harness.eventually(timeout: 30) { harness.outboxFiles().count >= 200 })
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let beforeRestart = harness.outboxFiles().count
+        #expect(beforeRestart < 3000, "the backlog finished before the kill; the test proves nothing")
+
+        let second = try harness.startDaemon()
+        defer { if second.isRunning { second.terminate() } }
+        #expect(harness.eventually(timeout: 60) { harness.outboxFiles().count == 3000 })
+        second.terminate()
+        second.waitUntilExit()
+        #expect(second.terminationStatus == 0)
+
+        let status = try harness.run(["status"])
+        #expect(status.stdout.range(of: #"Delivered\s+3000"#, options: .regularExpression) != nil, "\(status.stdout)")
+        #expect(status.stdout.range(of: #"In flight\s+0"#, options: .regularExpression) != nil)
+        #expect(status.stdout.range(of: #"Procedures\s+1500"#, options: .regularExpression) != nil)
+    }
+}
