@@ -17,7 +17,7 @@ struct Aftercare: AsyncParsableCommand {
         subcommands: [
             DaemonCommand.self, AddCommand.self, ListCommand.self, ShowCommand.self, CancelCommand.self,
             RescheduleCommand.self, ReplayCommand.self, StatusCommand.self, ConfigCommand.self,
-            ProtocolCommand.self,
+            ProtocolCommand.self, AuditCommand.self,
         ]
     )
 }

@@ -202,7 +202,7 @@ struct ReminderStoreTests {
             try db.execute(sql: "UPDATE delivery_log SET outcome = 'failed' WHERE seq = 7 OR seq = 12")
         }
         let tampered = try await store.verifyLog()
-        #expect(tampered == .broken(seq: 7, reason: "row 7 does not match its hash (edited, reordered or inserted)"))
+        #expect(tampered == .broken(seq: 7, reason: "row 7 does not match its hash (edited, reordered or replaced)"))
     }
 
     static func attempt(_ outcome: DeliveryOutcome) -> Attempt {

@@ -1,0 +1,205 @@
+import AftercareCore
+import AftercareStore
+import Foundation
+import GRDB
+import Testing
+
+@Suite("The tamper-evident delivery log")
+struct DeliveryLogTests {
+    let folder = TemporaryFolder()
+    var databasePath: String { folder.path + "/aftercare.sqlite" }
+
+    /// A log of a few thousand mixed events: ingests, deliveries, retries, dead, cancels, expiries.
+    func busyStore() async throws -> ReminderStore {
+        let store = try ReminderStore(path: databasePath)
+        var files: [IntakeBatchFile] = []
+        for index in 0..<400 {
+            files.append(Fixture.file("f\(index).json", [.procedure(Fixture.procedure("P-\(index)", patient: "MRN-\(index % 37)"))]))
+        }
+        _ = try await store.ingest(files, now: Fixture.base, plan: Fixture.plan)
+        var now = Fixture.base
+        for round in 0..<3 {
+            let claimed = try await store.claimDue(now: now, limit: 1000, leaseSeconds: 60)
+            let outcomes: [(ClaimedReminder, Resolution)] = claimed.enumerated().map { index, reminder in
+                switch (index + round) % 4 {
+                case 0: return (reminder, .attempted(ReminderStoreTests.attempt(.delivered(detail: "HTTP 204")), next: .delivered))
+                case 1:
+                    return (reminder, .attempted(ReminderStoreTests.attempt(.retry(after: 5, reason: "HTTP 503, \"busy\"")),
+                                                 next: .retry(at: now.addingTimeInterval(60))))
+                case 2: return (reminder, .attempted(ReminderStoreTests.attempt(.failed(reason: "HTTP 410")), next: .dead(reason: "HTTP 410")))
+                default: return (reminder, .expired(reason: "window closed"))
+                }
+            }
+            try await store.record(outcomes, now: now)
+            now = now.addingTimeInterval(86400)
+        }
+        _ = try await store.ingest(
+            (0..<20).map { Fixture.file("c\($0).json", [.cancel(procedureID: "P-\($0 * 3)", reason: "declined")]) },
+            now: now, plan: Fixture.plan)
+        return store
+    }
+
+    func sql(_ statements: String) async throws {
+        let queue = try DatabaseQueue(path: databasePath)
+        try await queue.write { db in
+            try db.execute(sql: "DROP TRIGGER IF EXISTS delivery_log_no_update; DROP TRIGGER IF EXISTS delivery_log_no_delete")
+            try db.execute(sql: statements)
+        }
+    }
+
+    @Test("thousands of mixed events verify, and the head is the last row's hash")
+    func longChainVerifies() async throws {
+        let store = try await busyStore()
+        let verdict = try await store.verifyLog()
+        let head = try #require(try await store.logHead())
+        #expect(head.seq > 1500)
+        #expect(verdict == .intact(rows: Int(head.seq), head: head.hash))
+    }
+
+    @Test("an edited row is named")
+    func editedRow() async throws {
+        let store = try await busyStore()
+        try await sql("UPDATE delivery_log SET outcome = 'delivered' WHERE seq = 777")
+        #expect(try await store.verifyLog() == .broken(seq: 777, reason: "row 777 does not match its hash (edited, reordered or replaced)"))
+    }
+
+    @Test("a deleted middle row is named")
+    func deletedRow() async throws {
+        let store = try await busyStore()
+        try await sql("DELETE FROM delivery_log WHERE seq = 500")
+        #expect(try await store.verifyLog() == .broken(seq: 500, reason: "row 500 is missing (next row is 501)"))
+    }
+
+    @Test("two swapped rows are caught at the first of them")
+    func swappedRows() async throws {
+        let store = try await busyStore()
+        try await sql("""
+            UPDATE delivery_log SET seq = -1 WHERE seq = 300;
+            UPDATE delivery_log SET seq = 300 WHERE seq = 301;
+            UPDATE delivery_log SET seq = 301 WHERE seq = -1;
+            """)
+        #expect(try await store.verifyLog() == .broken(seq: 300, reason: "row 300 does not match its hash (edited, reordered or replaced)"))
+    }
+
+    @Test("a truncated tail still verifies on its own, but the kept head is gone from it")
+    func truncatedTail() async throws {
+        let store = try await busyStore()
+        let kept = try #require(try await store.logHead())
+        try await sql("DELETE FROM delivery_log WHERE seq > \(kept.seq - 10)")
+        guard case .intact(_, let head) = try await store.verifyLog() else {
+            Issue.record("a prefix of a chain is itself a valid chain")
+            return
+        }
+        #expect(head != kept.hash)
+        let all = try await store.auditLog(AuditFilter())
+        #expect(!all.contains { $0.hash == kept.hash })
+    }
+
+    @Test("prune removes old rows, leaves a checkpoint, and the rest verifies; removing more is caught")
+    func pruneThenVerify() async throws {
+        let store = try await busyStore()
+        let before = try #require(try await store.logHead())
+        let cutoff = Fixture.base.addingTimeInterval(86400)  // rows of the first day go
+        let removed = try await store.pruneLog(before: cutoff, now: Fixture.base.addingTimeInterval(10 * 86400), actor: "admin")
+        #expect(removed > 0)
+        let remaining = try await store.auditLog(AuditFilter())
+        #expect(remaining.allSatisfy { $0.entry.at >= cutoff })
+        #expect(remaining.last?.entry.event == .checkpoint)
+        let verdict = try await store.verifyLog()
+        guard case .intact(let rows, let head) = verdict else {
+            Issue.record("pruned chain should verify: \(verdict)")
+            return
+        }
+        #expect(rows == remaining.count)
+        #expect(rows == Int(before.seq) - removed + 1)
+        #expect(head == remaining.last?.hash)
+        // Deleting the first kept row as well is detected.
+        let first = try #require(remaining.first?.seq)
+        try await sql("DELETE FROM delivery_log WHERE seq = \(first)")
+        #expect(try await store.verifyLog() == .broken(seq: first, reason: "row \(first) is missing (the log starts at row \(first + 1))"))
+    }
+
+    @Test("filters select by patient, procedure, step, outcome, channel and time")
+    func filters() async throws {
+        let store = try await busyStore()
+        let patient = try await store.auditLog(AuditFilter(patientID: "MRN-5"))
+        #expect(!patient.isEmpty && patient.allSatisfy { $0.entry.patientID == "MRN-5" })
+        let procedure = try await store.auditLog(AuditFilter(procedureID: "P-3"))
+        #expect(procedure.first?.entry.event == .ingested)
+        let cancelled = try await store.auditLog(AuditFilter(outcome: "cancelled"))
+        #expect(!cancelled.isEmpty)
+        #expect(cancelled.allSatisfy { $0.entry.event == .cancelled && $0.entry.detail == "declined" })
+        #expect(procedure.allSatisfy { $0.entry.procedureID == "P-3" })
+        let step = try await store.auditLog(AuditFilter(stepID: "checkin-24h"))
+        #expect(!step.isEmpty && step.allSatisfy { $0.entry.stepID == "checkin-24h" })
+        let delivered = try await store.auditLog(AuditFilter(outcome: "delivered"))
+        #expect(!delivered.isEmpty && delivered.allSatisfy { $0.entry.outcome == "delivered" })
+        let dead = try await store.auditLog(AuditFilter(outcome: "dead"))
+        #expect(!dead.isEmpty && dead.allSatisfy { $0.entry.event == .dead })
+        let sms = try await store.auditLog(AuditFilter(channel: "sms"))
+        #expect(!sms.isEmpty && sms.allSatisfy { $0.entry.channel == "sms" })
+        let secondDay = try await store.auditLog(
+            AuditFilter(since: Fixture.base.addingTimeInterval(86400), until: Fixture.base.addingTimeInterval(2 * 86400)))
+        #expect(!secondDay.isEmpty)
+        #expect(secondDay.allSatisfy { $0.entry.at >= Fixture.base.addingTimeInterval(86400) && $0.entry.at < Fixture.base.addingTimeInterval(2 * 86400) })
+        let newest = try await store.auditLog(AuditFilter(limit: 5))
+        let head = try #require(try await store.logHead())
+        #expect(newest.map(\.seq) == Array((head.seq - 4)...head.seq))
+    }
+
+    @Test("CSV quotes commas, quotes and line breaks; JSON and table mask destinations unless asked")
+    func formats() throws {
+        let entry = LogEntry(
+            at: Fixture.base, event: .attempt, procedureID: "P-1", patientID: "MRN-1", stepID: "checkin-24h",
+            channel: "email", sender: "relay", destination: "jane@example.org", attempt: 2, outcome: "retry",
+            responseCode: 451, error: "451 4.7.1 \"greylisted\", try later\r\nsecond line", latencyMilliseconds: 12.5
+        )
+        let record = LogRecord(seq: 9, entry: entry, hash: "ab")
+        let csv = AuditFormat.csv([record], unmask: false)
+        let lines = csv.components(separatedBy: "\r\n")
+        #expect(lines[0] == AuditFormat.columns.joined(separator: ","))
+        #expect(csv.contains(#""451 4.7.1 ""greylisted"", try later"#))
+        #expect(csv.contains(",j***@example.org,"))
+        #expect(AuditFormat.csv([record], unmask: true).contains(",jane@example.org,"))
+        let json = AuditFormat.json(record, unmask: false)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(object["destination"] as? String == "j***@example.org")
+        #expect(object["response_code"] as? Int == 451)
+        #expect(object["error"] as? String == "451 4.7.1 \"greylisted\", try later\r\nsecond line")
+        #expect(!json.contains("\n"))
+        let table = AuditFormat.table([record], zone: TimeZone(identifier: "America/New_York")!, unmask: false)
+        #expect(table.split(separator: "\n").allSatisfy { $0.count <= 80 })
+        #expect(table.contains("j***@example.org"))
+        #expect(!table.contains("jane"))
+    }
+
+    @Test("a state change cannot land without its log row: a failing log insert undoes the change")
+    func noChangeWithoutItsRow() async throws {
+        let store = try ReminderStore(path: databasePath)
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60)
+        let rowsBefore = try await store.auditLog(AuditFilter()).count
+        // Make every attempt row fail to insert, as a full disk or a crash at that point would.
+        try await sql("""
+            CREATE TRIGGER refuse_attempts BEFORE INSERT ON delivery_log WHEN NEW.event = 'attempt'
+            BEGIN SELECT RAISE(ABORT, 'simulated failure writing the log row'); END;
+            """)
+        await #expect(throws: (any Error).self) {
+            try await store.record(
+                [(claimed[0], .attempted(ReminderStoreTests.attempt(.delivered(detail: "ok")), next: .delivered))],
+                now: Fixture.base)
+        }
+        let (_, reminders) = try #require(try await store.procedure("P-1"))
+        #expect(reminders[0].state == .claimed)
+        #expect(try await store.auditLog(AuditFilter()).count == rowsBefore)
+        // And the other way round: an ingest whose log row fails leaves no procedure behind.
+        try await sql("""
+            CREATE TRIGGER refuse_ingests BEFORE INSERT ON delivery_log WHEN NEW.event = 'ingested'
+            BEGIN SELECT RAISE(ABORT, 'simulated failure writing the log row'); END;
+            """)
+        await #expect(throws: (any Error).self) {
+            try await store.ingest([Fixture.file("b.json", [.procedure(Fixture.procedure("P-2"))])], now: Fixture.base, plan: Fixture.plan)
+        }
+        #expect(try await store.procedure("P-2") == nil)
+    }
+}
