@@ -13,6 +13,14 @@ public struct Intake: Sendable {
     let clock: any WallClock
     let logger: Logger
 
+    public init(spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger) {
+        self.spool = spool
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.logger = logger
+    }
+
     /// Files per transaction, and requests per transaction: big enough for bulk imports to go fast,
     /// small enough that one commit never holds the writer for long.
     static let filesPerBatch = 512
@@ -22,7 +30,7 @@ public struct Intake: Sendable {
     static let settleSeconds: TimeInterval = 5
 
     /// Returns when to look again even without an inotify event, if ever.
-    func run() async -> Date? {
+    public func run() async -> Date? {
         let files: [Spool.PendingFile]
         do {
             files = try spool.pendingFiles()

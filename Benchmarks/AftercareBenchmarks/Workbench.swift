@@ -1,0 +1,152 @@
+import AftercareCore
+import Foundation
+
+/// A throw-away clinic: a config, a state folder, and the repository's default protocol.
+struct Workbench {
+    let root: String
+    var configPath: String { root + "/aftercare.toml" }
+    var state: String { root + "/state" }
+
+    static var repositoryRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// The folder the benchmark binary sits in, where `aftercare` is built too.
+    static var binFolder: URL {
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: executable).deletingLastPathComponent()
+    }
+
+    init(name: String, outbox: String? = nil, senders: String? = nil, channels: String? = nil, dispatch: String = "") throws {
+        root = NSTemporaryDirectory() + "aftercare-bench-\(name)-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
+        let config = """
+            [clinic]
+            name = "Benchmark Clinic"
+            phone = "+1 555-010-2030"
+            time_zone = "America/New_York"
+
+            [paths]
+            state_directory = "state"
+
+            [protocols]
+            files = ["\(protocolFile)"]
+
+            [channels]
+            \(channels ?? "sms = \"outbox\"\nemail = \"outbox\"")
+
+            \(senders ?? "[senders.outbox]\nkind = \"file\"\noutbox = \"\(outbox ?? "state/outbox")\"")
+
+            [dispatch]
+            \(dispatch)
+            """
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: state + "/spool/incoming", withIntermediateDirectories: true)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: root) }
+
+    /// Writes `count` procedures performed at `performedAt` into the spool as JSON Lines files of
+    /// `perFile` procedures each.
+    func spoolProcedures(_ count: Int, perFile: Int, performedAt: Date, prefix: String = "B") throws {
+        let when = Timestamp.format(performedAt, in: TimeZone(identifier: "America/New_York")!)
+        var file = 0
+        var index = 0
+        while index < count {
+            var text = ""
+            text.reserveCapacity(perFile * 260)
+            for _ in 0..<min(perFile, count - index) {
+                text += #"{"procedure_id":"\#(prefix)-\#(index)","protocol":"trigger-point-injection","performed_at":"\#(when)","#
+                text += #""patient":{"id":"MRN-\#(index % 50_000)","first_name":"Ana","time_zone":"America/New_York","#
+                text += #""routes":[{"channel":"sms","to":"+1555\#(String(format: "%07d", index % 10_000_000))"}]}}"#
+                text += "\n"
+                index += 1
+            }
+            let name = String(format: "%@-%06d.jsonl", prefix, file)
+            try text.write(toFile: state + "/spool/incoming/" + name, atomically: true, encoding: .utf8)
+            file += 1
+        }
+    }
+}
+
+/// Reads a process's resident memory and CPU time from /proc.
+enum ProcessProbe {
+    /// Resident set size now, and its peak (VmHWM), in KiB.
+    static func memory(_ pid: Int32) -> (rss: Int, peak: Int) {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }
+        func field(_ name: String) -> Int {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return 0 }
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
+        }
+        return (field("VmRSS"), field("VmHWM"))
+    }
+
+    /// User plus system CPU seconds the process has used.
+    static func cpuSeconds(_ pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / ticks
+    }
+}
+
+/// Runs `aftercare daemon` and waits for it to say it is ready.
+final class DaemonProcess {
+    let process = Process()
+    let logPath: String
+
+    init(configPath: String, logPath: String, environment: [String: String] = [:]) throws {
+        self.logPath = logPath
+        process.executableURL = Workbench.binFolder.appendingPathComponent("aftercare")
+        process.arguments = ["daemon", "--config", configPath, "--log-level", "notice"]
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.standardError = log
+        process.standardOutput = log
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// Waits until the log shows the ready line.
+    func waitUntilReady(timeout: Double = 600) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let log = try? String(contentsOfFile: logPath, encoding: .utf8), log.contains("aftercare ready") { return }
+            guard process.isRunning else { throw BenchError("the daemon exited: \(tail())") }
+            usleep(20_000)
+        }
+        throw BenchError("the daemon was not ready within \(Int(timeout)) s")
+    }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    func tail() -> String {
+        ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(separator: " | ")
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+}
+
+func report(_ lines: String...) {
+    for line in lines { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+}
