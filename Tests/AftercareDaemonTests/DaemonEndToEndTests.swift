@@ -180,6 +180,36 @@ struct DaemonEndToEndTests {
         #expect(reminders.first { $0.stepID == "ice" }?.lastError == "gave up after 3 tries: HTTP 503")
     }
 
+    @Test("a retry that would land in quiet hours waits for them to end, or expires if its window closes first")
+    func retriesRespectQuietHours() async throws {
+        // 20:55 in New York, quiet from 21:00 to 08:00. The gateway asks to be retried in an hour.
+        let evening = Timestamp.parse("2026-11-25T20:55:00-05:00")!
+        let sender = RecordingSender { message in
+            message.attempt == 1
+                ? SendResult(.retry(after: 3600, reason: "HTTP 429"), responseCode: 429)
+                : SendResult(.delivered(detail: "HTTP 204"), responseCode: 204)
+        }
+        let harness = try DaemonHarness(start: evening, quietHours: ("21:00", "08:00"), makeSender: { _, _, _ in sender })
+        harness.start()
+        try harness.spool.submit([.procedure(DaemonHarness.procedure("P-q", at: evening))], label: "q")
+        #expect(await harness.eventually { sender.messages.count == 2 })
+        await harness.settle()
+        let store = try harness.store()
+        let (_, reminders) = try #require(try await store.procedure("P-q"))
+        let byStep = Dictionary(uniqueKeysWithValues: reminders.map { ($0.stepID, $0) })
+        // ice is valid for 6 h (until 02:55); 08:00 is too late, so it expires rather than go out stale.
+        #expect(byStep["ice"]?.state == .expired)
+        // activity too; nothing is sent in the night.
+        #expect(byStep["activity"]?.state == .expired)
+        harness.clock.set(Timestamp.parse("2026-11-26T07:59:00-05:00")!)
+        await harness.settle()
+        #expect(sender.messages.count == 2)
+        try await harness.stop()
+        let log = try await store.auditLog(AuditFilter(procedureID: "P-q", stepID: "ice"))
+        #expect(log.map(\.entry.event) == [.attempt, .expired])
+        #expect(log.last?.entry.detail?.contains("after its window closed") == true)
+    }
+
     @Test("opted-out routes are passed over for the next one, and logged")
     func optOutUsesNextRoute() async throws {
         let sender = RecordingSender()
