@@ -1,40 +1,337 @@
 import AftercareCore
 import Foundation
 
-// TEMPORARY interface stand-in, replaced by the real loader from the config work before merge.
-public struct ConfigError: Error, Sendable, CustomStringConvertible {
-    public var file: String
-    public var line: Int?
-    public var message: String
-    public var description: String { line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)" }
-}
+/// Where aftercare keeps its state. All paths are absolute.
 public struct StoragePaths: Sendable, Hashable {
     public var stateDirectory: String
+    /// The SQLite database (default `<state>/aftercare.sqlite`).
     public var database: String
+    /// The intake spool (default `<state>/spool`).
     public var spool: String
+
+    public init(stateDirectory: String, database: String, spool: String) {
+        self.stateDirectory = stateDirectory
+        self.database = database
+        self.spool = spool
+    }
 }
+
+/// How the dispatcher works through due reminders.
 public struct DispatchSettings: Sendable, Hashable {
-    public var batchSize: Int = 256
-    public var leaseSeconds: Double = 300
-    public var maxConcurrent: Int = 64
-    public var maxPerHost: Int = 16
-    public var shutdownGrace: Double = 10
+    /// Reminders claimed per transaction.
+    public var batchSize: Int
+    /// How long a claim holds before it lapses and the reminder goes back to the queue.
+    public var leaseSeconds: Double
+    /// Sends under way at once, in all.
+    public var maxConcurrent: Int
+    /// Sends under way at once to any one host.
+    public var maxPerHost: Int
+    /// On SIGTERM, how long sends under way may take to finish.
+    public var shutdownGrace: Double
+
+    public init(
+        batchSize: Int = 256, leaseSeconds: Double = 300, maxConcurrent: Int = 64, maxPerHost: Int = 16,
+        shutdownGrace: Double = 10
+    ) {
+        self.batchSize = batchSize
+        self.leaseSeconds = leaseSeconds
+        self.maxConcurrent = maxConcurrent
+        self.maxPerHost = maxPerHost
+        self.shutdownGrace = shutdownGrace
+    }
 }
+
+/// The whole configuration: `/etc/aftercare/aftercare.toml` and the protocol files it names.
+/// `Config/aftercare.toml` is the annotated example.
 public struct AftercareConfiguration: Sendable {
+    /// The absolute path it was loaded from.
     public var file: String
     public var policy: ClinicPolicy
+    /// Protocols by id.
     public var protocols: [String: CareProtocol]
     public var paths: StoragePaths
+    /// Senders by the name the file gives them.
     public var senders: [String: SenderSettings]
+    /// Channel name → sender name; every sender named exists.
     public var channels: [String: String]
     public var retry: RetryPolicy
     public var dispatch: DispatchSettings
+
+    /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
+    /// are errors naming the file and line.
     public static func load(path: String) throws(ConfigError) -> AftercareConfiguration {
-        throw ConfigError(file: path, line: nil, message: "stand-in")
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let source = try TOMLSource(path: absolute)
+        let folder = URL(fileURLWithPath: absolute).deletingLastPathComponent()
+        func resolve(_ value: String) -> String {
+            value.hasPrefix("/") ? value : folder.appendingPathComponent(value).standardizedFileURL.path
+        }
+        let root = Section(source, source.root, path: "")
+
+        guard let clinic = try root.subtable("clinic") else { throw root.error(nil, "missing table [clinic]") }
+        let name = try clinic.requiredString("name")
+        let phone = try clinic.requiredString("phone")
+        let zone = try clinic.requiredString("time_zone")
+        for (key, value) in [("name", name), ("phone", phone)] {
+            do {
+                try InputRules.checkText(value, field: "clinic.\(key)", maxLength: 120)
+            } catch {
+                throw clinic.error(key, "\(error)")
+            }
+        }
+        do {
+            try InputRules.checkTimeZone(zone, field: "clinic.time_zone")
+        } catch {
+            throw clinic.error("time_zone", "\(error)")
+        }
+        try clinic.rejectUnknownKeys()
+
+        var quietHours: QuietHours?
+        var urgentQuietHours: QuietHours?
+        if let quiet = try root.subtable("quiet_hours") {
+            quietHours = try readWindow(quiet, startKey: "start", endKey: "end")
+            urgentQuietHours = try readWindow(quiet, startKey: "urgent_start", endKey: "urgent_end")
+            try quiet.rejectUnknownKeys()
+        }
+
+        var stateDirectory = "/var/lib/aftercare"
+        var database: String?
+        var spool: String?
+        if let paths = try root.subtable("paths") {
+            stateDirectory = try paths.string("state_directory").map(resolve) ?? stateDirectory
+            database = try paths.string("database").map(resolve)
+            spool = try paths.string("spool").map(resolve)
+            try paths.rejectUnknownKeys()
+        }
+        let storage = StoragePaths(
+            stateDirectory: stateDirectory, database: database ?? stateDirectory + "/aftercare.sqlite",
+            spool: spool ?? stateDirectory + "/spool")
+
+        guard let protocolsSection = try root.subtable("protocols"),
+            let files = try protocolsSection.strings("files"), !files.isEmpty
+        else {
+            throw root.error("protocols", "missing [protocols] files = [\"protocols/trigger-point-injection.toml\"]")
+        }
+        try protocolsSection.rejectUnknownKeys()
+        var protocols: [String: CareProtocol] = [:]
+        for file in files {
+            let careProtocol = try ProtocolFile.load(path: resolve(file))
+            if protocols[careProtocol.id] != nil {
+                throw protocolsSection.error("files", "two protocol files define the id '\(careProtocol.id)'")
+            }
+            protocols[careProtocol.id] = careProtocol
+        }
+
+        var senders: [String: SenderSettings] = [:]
+        guard let sendersSection = try root.subtable("senders"), !sendersSection.table.keys.isEmpty else {
+            throw root.error("senders", "missing [senders.NAME] tables (at least one sender is needed)")
+        }
+        for senderName in sendersSection.table.keys.sorted() {
+            guard let section = try sendersSection.subtable(senderName) else { continue }
+            senders[senderName] = try readSender(section, resolve: resolve)
+        }
+        try sendersSection.rejectUnknownKeys()
+
+        var channels: [String: String] = [:]
+        guard let channelsSection = try root.subtable("channels"), !channelsSection.table.keys.isEmpty else {
+            throw root.error("channels", "missing [channels] (e.g. sms = \"outbox\")")
+        }
+        for channel in channelsSection.table.keys.sorted() {
+            do {
+                try InputRules.checkName(channel, field: "channel")
+            } catch {
+                throw channelsSection.error(channel, "channel name '\(InputRules.printable(channel))': \(error.problem)")
+            }
+            let target = try channelsSection.requiredString(channel)
+            guard senders[target] != nil else {
+                throw channelsSection.error(
+                    channel, "channel '\(channel)' names sender '\(InputRules.printable(target))', which is not defined "
+                        + "(defined: \(senders.keys.sorted().joined(separator: ", ")))")
+            }
+            channels[channel] = target
+        }
+
+        var retry = RetryPolicy()
+        if let section = try root.subtable("retry") {
+            retry.initialDelay = Double(try section.duration("initial_delay", in: 1...86400) ?? Int(retry.initialDelay))
+            retry.multiplier = try section.number("multiplier", in: 1...10) ?? retry.multiplier
+            retry.maxDelay = Double(try section.duration("max_delay", in: 1...(7 * 86400)) ?? Int(retry.maxDelay))
+            retry.maxAttempts = try section.int("max_attempts", in: 1...100) ?? retry.maxAttempts
+            retry.jitter = try section.number("jitter", in: 0...1) ?? retry.jitter
+            try section.rejectUnknownKeys()
+        }
+
+        var dispatch = DispatchSettings()
+        if let section = try root.subtable("dispatch") {
+            dispatch.batchSize = try section.int("batch_size", in: 1...10_000) ?? dispatch.batchSize
+            dispatch.leaseSeconds = Double(try section.duration("lease", in: 10...86400) ?? Int(dispatch.leaseSeconds))
+            dispatch.maxConcurrent = try section.int("max_concurrent", in: 1...4096) ?? dispatch.maxConcurrent
+            dispatch.maxPerHost = try section.int("max_per_host", in: 1...4096) ?? dispatch.maxPerHost
+            dispatch.shutdownGrace = Double(
+                try section.duration("shutdown_grace", in: 0...600) ?? Int(dispatch.shutdownGrace))
+            try section.rejectUnknownKeys()
+        }
+        try root.rejectUnknownKeys()
+
+        return AftercareConfiguration(
+            file: absolute,
+            policy: ClinicPolicy(
+                clinicName: name, clinicPhone: phone, clinicTimeZone: zone, quietHours: quietHours,
+                urgentQuietHours: urgentQuietHours),
+            protocols: protocols, paths: storage, senders: senders, channels: channels, retry: retry, dispatch: dispatch
+        )
+    }
+
+    private static func readWindow(_ section: Section, startKey: String, endKey: String) throws(ConfigError) -> QuietHours? {
+        let start = try section.string(startKey)
+        let end = try section.string(endKey)
+        switch (start, end) {
+        case (nil, nil): return nil
+        case (let start?, let end?):
+            guard let startMinute = ProtocolFile.parseClock(start) else {
+                throw section.error(startKey, "'\(section.keyPath(startKey))' = \"\(InputRules.printable(start))\" is not a time HH:MM")
+            }
+            guard let endMinute = ProtocolFile.parseClock(end) else {
+                throw section.error(endKey, "'\(section.keyPath(endKey))' = \"\(InputRules.printable(end))\" is not a time HH:MM")
+            }
+            return QuietHours(startMinute: startMinute, endMinute: endMinute)
+        default:
+            throw section.error(start == nil ? endKey : startKey, "give both \(startKey) and \(endKey), or neither")
+        }
+    }
+
+    private static func readSender(_ section: Section, resolve: (String) -> String) throws(ConfigError) -> SenderSettings {
+        let kind = try section.requiredString("kind")
+        for inline in ["secret", "password", "token"] where section.has(inline) {
+            throw section.error(
+                inline, "secrets are never written in the configuration: use \(inline)_file or \(inline)_credential")
+        }
+        func transport() throws(ConfigError) -> TransportSettings {
+            var settings = TransportSettings()
+            settings.connectTimeout = Double(try section.duration("connect_timeout", in: 1...300) ?? Int(settings.connectTimeout))
+            settings.totalTimeout = Double(try section.duration("total_timeout", in: 1...600) ?? Int(settings.totalTimeout))
+            settings.caFile = try section.string("ca_file").map(resolve)
+            return settings
+        }
+        func credential(_ base: String) throws(ConfigError) -> CredentialSource? {
+            let file = try section.string(base + "_file")
+            let name = try section.string(base + "_credential")
+            switch (file, name) {
+            case (nil, nil): return nil
+            case (let file?, nil): return .file(path: resolve(file))
+            case (nil, let name?):
+                guard !name.isEmpty, !name.contains("/") else {
+                    throw section.error(base + "_credential", "a credential name is a plain file name, not a path")
+                }
+                return .credential(name: name)
+            default:
+                throw section.error(base + "_file", "give \(base)_file or \(base)_credential, not both")
+            }
+        }
+        /// The URL, checked: one of `schemes`; `http://` only with the insecure flag set.
+        func url(schemes: [String], insecureKey: String) throws(ConfigError) -> (String, Bool) {
+            let text = try section.requiredString("url")
+            let insecure = try section.bool(insecureKey) ?? false
+            guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+                let host = components.host, !host.isEmpty,
+                !text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == " " })
+            else {
+                throw section.error("url", "'\(section.keyPath("url"))' = \"\(InputRules.printable(text))\" is not a URL")
+            }
+            if scheme == "http" && !insecure {
+                throw section.error(
+                    "url", "http:// is not encrypted: use https://, or set \(insecureKey) = true for a loopback gateway")
+            }
+            guard schemes.contains(scheme) else {
+                throw section.error("url", "'\(section.keyPath("url"))' must start with \(schemes.map { $0 + "://" }.joined(separator: " or "))")
+            }
+            return (text, insecure)
+        }
+        func address(_ key: String) throws(ConfigError) -> String {
+            let value = try section.requiredString(key)
+            do {
+                try InputRules.checkEmail(value, field: section.keyPath(key))
+            } catch {
+                throw section.error(key, "\(error)")
+            }
+            return value
+        }
+        func displayName() throws(ConfigError) -> String? {
+            guard let value = try section.string("from_name") else { return nil }
+            do {
+                try InputRules.checkText(value, field: section.keyPath("from_name"), maxLength: 120)
+            } catch {
+                throw section.error("from_name", "\(error)")
+            }
+            return value
+        }
+
+        let settings: SenderSettings
+        switch kind {
+        case "file":
+            settings = .file(outbox: resolve(try section.requiredString("outbox")))
+        case "webhook":
+            let (target, insecure) = try url(schemes: ["http", "https"], insecureKey: "allow_insecure_http")
+            guard let secret = try credential("secret") else {
+                throw section.error(nil, "a webhook sender needs secret_file or secret_credential (the whsec_ signing secret)")
+            }
+            settings = .webhook(WebhookSettings(url: target, secret: secret, allowInsecureHTTP: insecure, transport: try transport()))
+        case "smtp":
+            let (target, insecure) = try url(schemes: ["smtp", "smtps"], insecureKey: "allow_insecure")
+            let from = try address("from")
+            let fromName = try displayName()
+            let username = try section.string("username")
+            let password = try credential("password")
+            if username != nil && password == nil {
+                throw section.error("username", "a username needs password_file or password_credential")
+            }
+            settings = .smtp(
+                SMTPSettings(
+                    url: target, fromAddress: from, fromName: fromName, username: username, password: password,
+                    allowInsecure: insecure, transport: try transport()))
+        case "http-email":
+            let (target, insecure) = try url(schemes: ["http", "https"], insecureKey: "allow_insecure_http")
+            guard let token = try credential("token") else {
+                throw section.error(nil, "an http-email sender needs token_file or token_credential")
+            }
+            settings = .httpEmail(
+                HTTPEmailSettings(
+                    url: target, token: token, fromAddress: try address("from"), fromName: try displayName(),
+                    allowInsecureHTTP: insecure, transport: try transport()))
+        default:
+            throw section.error("kind", "unknown sender kind '\(InputRules.printable(kind))' (file, webhook, smtp, http-email)")
+        }
+        try section.rejectUnknownKeys()
+        return settings
     }
 }
+
+/// Reads secrets from files or systemd credentials. Never puts a secret in an error or a log.
 public enum Credentials {
     public static func read(
         _ source: CredentialSource, environment: [String: String] = ProcessInfo.processInfo.environment
-    ) throws(ConfigError) -> String { "" }
+    ) throws(ConfigError) -> String {
+        let path: String
+        switch source {
+        case .file(let file):
+            path = file
+        case .credential(let name):
+            guard let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty else {
+                throw ConfigError(
+                    file: name, line: nil,
+                    message: "credential '\(name)' needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)")
+            }
+            path = directory + "/" + name
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = access(path, F_OK) == 0 ? "not readable by this user" : "no such file"
+            throw ConfigError(file: path, line: nil, message: "cannot read secret: \(reason)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError(file: path, line: nil, message: "the secret is not UTF-8 text")
+        }
+        let secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !secret.isEmpty else { throw ConfigError(file: path, line: nil, message: "the secret file is empty") }
+        return secret
+    }
 }

@@ -43,6 +43,7 @@ func checkKnown(_ procedureID: String, config: AftercareConfiguration) async thr
 
 struct CancelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "cancel",
         abstract: "Cancel all of a procedure's pending reminders (in one transaction)."
     )
 
@@ -73,6 +74,7 @@ struct CancelCommand: AsyncParsableCommand {
 
 struct RescheduleCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "reschedule",
         abstract: "Correct a procedure's time or the patient's time zone; pending reminders are re-planned.",
         discussion: "Reminders already sent stay sent."
     )
@@ -118,6 +120,7 @@ struct RescheduleCommand: AsyncParsableCommand {
 
 struct ReplayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "replay",
         abstract: "Re-queue dead reminders: one, a procedure's, or all that died since a time.",
         discussion: "A reminder whose validity window has closed is not re-sent; it is marked expired instead."
     )

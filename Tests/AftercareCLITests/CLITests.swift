@@ -20,20 +20,38 @@ struct CLITests {
         }
     }
 
-    @Test("add prints the plan in the patient's local time, with DST and zones honoured")
+    @Test("add prints the plan in the patient's local time, across the next DST change")
     func addDryRunPrintsLocalSchedule() throws {
         let harness = try CLIHarness()
+        // The first Berlin DST change at least two days ahead; the procedure is at 14:30 local the day before it.
+        let berlin = TimeZone(identifier: "Europe/Berlin")!
+        let change = try #require(berlin.nextDaylightSavingTimeTransition(after: Date().addingTimeInterval(2 * 86400)))
+        let shift = berlin.secondsFromGMT(for: change.addingTimeInterval(3600)) - berlin.secondsFromGMT(for: change.addingTimeInterval(-3600))
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = berlin
+        let dayBefore = calendar.date(byAdding: .day, value: -1, to: change)!
+        let parts = calendar.dateComponents([.year, .month, .day], from: dayBefore)
+        let local = String(format: "%04d-%02d-%02d 14:30", parts.year!, parts.month!, parts.day!)
         let result = try harness.run([
             "add", "--procedure", "P-1", "--patient", "MRN-1", "--time-zone", "Europe/Berlin",
-            "--performed-at", "2026-10-24 14:30", "--route", "sms:+4915112345678", "--dry-run",
+            "--performed-at", local, "--route", "sms:+4915112345678", "--dry-run",
         ])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("times in Europe/Berlin"))
-        // Berlin leaves summer time on Sun Oct 25 2026: +24 h after 14:30 CEST is 13:30 CET.
+        func shown(_ daysLater: Int, _ hour: Int) -> String {
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = berlin
+            formatter.dateFormat = "EEE MMM d"
+            let date = calendar.date(byAdding: .day, value: daysLater, to: dayBefore)!
+            return formatter.string(from: date) + String(format: " %02d:30", hour)
+        }
+        // +24 h is 24 real hours: across the change the local clock reads an hour later or earlier.
         let lines = result.stdout.split(separator: "\n").map(String.init)
-        #expect(lines.contains { $0.contains("ice") && $0.contains("Sat Oct 24 14:30 GMT+2") || $0.contains("ice") && $0.contains("Sat Oct 24 14:30 CEST") })
-        #expect(lines.contains { $0.contains("checkin-24h") && $0.contains("Sun Oct 25 13:30") })
-        #expect(lines.contains { $0.contains("checkin-72h") && $0.contains("Tue Oct 27 13:30") })
+        let after = 14 + shift / 3600
+        #expect(lines.contains { $0.contains("ice ") && $0.contains(shown(0, 14)) && $0.contains("scheduled") }, "\(result.stdout)")
+        #expect(lines.contains { $0.contains("checkin-24h") && $0.contains(shown(1, after)) }, "\(result.stdout)")
+        #expect(lines.contains { $0.contains("checkin-72h") && $0.contains(shown(3, after)) }, "\(result.stdout)")
         #expect(harness.incomingFiles().isEmpty)
     }
 

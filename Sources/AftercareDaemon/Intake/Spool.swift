@@ -42,6 +42,13 @@ public struct Spool: Sendable {
         }.prefix(64))
         let name = "\(stamp)-\(safeLabel)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36)).json"
         let staged = temporary.appendingPathComponent(name)
+        for folder in [temporary, incoming] where !FileManager.default.fileExists(atPath: folder.path) {
+            do {
+                try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            } catch {
+                throw SpoolError("cannot create the spool folder \(folder.path): \(error.localizedDescription)")
+            }
+        }
         try writeDurably(data, to: staged)
         guard rename(staged.path, incoming.appendingPathComponent(name).path) == 0 else {
             let code = errno
