@@ -1,2 +1,0 @@
-// Tests for AftercareCoreTests are added with the work they prove.
-import Testing
