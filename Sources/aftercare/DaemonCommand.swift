@@ -27,8 +27,11 @@ struct DaemonCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "aftercare")
+        // The engine's limits come from the configuration at start-up; a reload keeps them.
+        let limits = (try? AftercareConfiguration.load(path: options.path))?.dispatch ?? DispatchSettings()
+        let engine = CurlEngine(maxConnections: limits.maxConcurrent, maxPerHost: limits.maxPerHost)
         let daemon = AftercareDaemon(
-            configPath: options.path, logger: logger, makeSender: SenderCatalog.make
+            configPath: options.path, logger: logger, makeSender: SenderCatalog.maker(engine: engine)
         )
         let group = ServiceGroup(
             configuration: .init(
@@ -40,23 +43,22 @@ struct DaemonCommand: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
+            await engine.shutdown()
             throw CLIError("\(error)")
         }
+        await engine.shutdown()
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Builds senders from their configured settings.
+/// Builds the daemon's senders: network senders share one curl engine.
 enum SenderCatalog {
-    @Sendable static func make(name: String, settings: SenderSettings, config: AftercareConfiguration) throws
-        -> any Sender
-    {
-        switch settings {
-        case .file(let outbox):
-            return try FileSender(outbox: URL(fileURLWithPath: outbox))
-        default:
-            throw CLIError("sender kind '\(settings.kind)' is not available in this build")
+    static func maker(engine: CurlEngine) -> SenderMaker {
+        { name, settings, config in
+            try SenderFactory.make(
+                name: name, settings: settings, clinicName: config.policy.clinicName,
+                readSecret: { source in try Credentials.read(source) }, engine: engine)
         }
     }
 }

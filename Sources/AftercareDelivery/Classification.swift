@@ -1,0 +1,130 @@
+import AftercareCore
+import CCurl
+import Foundation
+
+/// How a finished transfer maps to a delivery outcome.
+enum Classification {
+    /// libcurl results that no retry will fix: a certificate that does not verify, a scheme that is
+    /// not allowed, a malformed URL, credentials refused, a relay without the required STARTTLS.
+    static let permanentCurlCodes: Set<UInt32> = [
+        CURLE_UNSUPPORTED_PROTOCOL.rawValue, CURLE_URL_MALFORMAT.rawValue, CURLE_PEER_FAILED_VERIFICATION.rawValue,
+        CURLE_SSL_CACERT_BADFILE.rawValue, CURLE_SSL_CERTPROBLEM.rawValue, CURLE_SSL_ISSUER_ERROR.rawValue,
+        CURLE_LOGIN_DENIED.rawValue, CURLE_USE_SSL_FAILED.rawValue, CURLE_SSL_PINNEDPUBKEYNOTMATCH.rawValue,
+    ]
+
+    /// HTTP: 2xx delivered; 408, 429, 5xx and network errors retry (honouring `Retry-After`);
+    /// 3xx (never followed) and other 4xx fail.
+    static func http(_ response: CurlResponse, now: Date = Date()) -> SendResult {
+        guard response.succeeded else {
+            let reason = "network: \(response.error) (curl \(response.code))"
+            if permanentCurlCodes.contains(UInt32(response.code)) {
+                return SendResult(.failed(reason: reason), responseCode: nil)
+            }
+            return SendResult(.retry(after: nil, reason: reason), responseCode: nil)
+        }
+        let status = response.responseCode
+        switch status {
+        case 200..<300:
+            return SendResult(.delivered(detail: "HTTP \(status)"), responseCode: status)
+        case 408, 429, 500..<600:
+            return SendResult(
+                .retry(after: retryAfter(response.headers["retry-after"], now: now), reason: "HTTP \(status)"),
+                responseCode: status)
+        case 300..<400:
+            let location = response.headers["location"].map { " to \(InputRules.printable($0))" } ?? ""
+            return SendResult(.failed(reason: "HTTP \(status): redirect\(location) not followed"), responseCode: status)
+        default:
+            return SendResult(.failed(reason: "HTTP \(status)" + excerpt(response.body)), responseCode: status)
+        }
+    }
+
+    /// SMTP: 2xx delivered; 4xx replies and connection failures retry; 5xx replies fail.
+    static func smtp(_ response: CurlResponse) -> SendResult {
+        let reply = response.responseCode
+        if response.succeeded {
+            return SendResult(.delivered(detail: "SMTP \(reply)"), responseCode: reply)
+        }
+        let reason = "SMTP\(reply > 0 ? " \(reply)" : ""): \(response.error) (curl \(response.code))"
+        if reply >= 500 || permanentCurlCodes.contains(UInt32(response.code)) {
+            return SendResult(.failed(reason: reason), responseCode: reply > 0 ? reply : nil)
+        }
+        return SendResult(.retry(after: nil, reason: reason), responseCode: reply > 0 ? reply : nil)
+    }
+
+    /// `Retry-After` as seconds from now: delta-seconds or an HTTP-date.
+    static func retryAfter(_ value: String?, now: Date) -> TimeInterval? {
+        guard let value = value?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+        if let seconds = Int(value), seconds >= 0 { return TimeInterval(seconds) }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        guard let date = formatter.date(from: value) else { return nil }
+        return max(0, date.timeIntervalSince(now))
+    }
+
+    private static func excerpt(_ body: Data) -> String {
+        guard !body.isEmpty else { return "" }
+        let text = InputRules.printable(String(decoding: body.prefix(160), as: UTF8.self))
+        return ": " + text
+    }
+}
+
+/// A minimal JSON writer: deterministic key order, strings escaped per RFC 8259.
+struct JSONWriter {
+    private(set) var text = "{"
+    private var first = true
+
+    mutating func field(_ name: String, _ value: String) {
+        key(name)
+        Self.appendString(value, to: &text)
+    }
+
+    mutating func field(_ name: String, _ value: Int) {
+        key(name)
+        text += String(value)
+    }
+
+    mutating func raw(_ name: String, _ json: String) {
+        key(name)
+        text += json
+    }
+
+    private mutating func key(_ name: String) {
+        if !first { text += "," }
+        first = false
+        Self.appendString(name, to: &text)
+        text += ":"
+    }
+
+    func finished() -> String { text + "}" }
+
+    static func appendString(_ value: String, to out: inout String) {
+        out += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{2028}": out += "\\u2028"
+            case "\u{2029}": out += "\\u2029"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        out += "\""
+    }
+
+    static func string(_ value: String) -> String {
+        var out = ""
+        appendString(value, to: &out)
+        return out
+    }
+}

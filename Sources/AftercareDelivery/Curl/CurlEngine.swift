@@ -1,0 +1,286 @@
+import AftercareCore
+import CCurl
+import Foundation
+import Synchronization
+
+/// One transfer to hand to the engine: an HTTPS POST or an SMTP submission.
+public struct CurlRequest: Sendable {
+    public enum Kind: Sendable {
+        /// POST `body` with these header lines (`Name: value`).
+        case httpPost(headers: [String], body: Data)
+        /// Submit `message` (RFC 5322, CRLF line ends) from `from` to `recipients`.
+        case smtp(from: String, recipients: [String], message: Data, username: String?, password: String?,
+                  requireTLS: Bool)
+    }
+
+    public var url: String
+    public var kind: Kind
+    /// `CURLOPT_PROTOCOLS_STR`: which schemes this transfer may use at all.
+    public var protocols: String
+    public var transport: TransportSettings
+
+    public init(url: String, kind: Kind, protocols: String, transport: TransportSettings) {
+        self.url = url
+        self.kind = kind
+        self.protocols = protocols
+        self.transport = transport
+    }
+}
+
+/// What came back: libcurl's own result, and the receiver's.
+public struct CurlResponse: Sendable {
+    /// libcurl's result code (`CURLE_OK` is 0).
+    public var code: Int32
+    /// libcurl's error text for `code`, empty on success.
+    public var error: String
+    /// The HTTP status, or the last SMTP reply code; 0 if none arrived.
+    public var responseCode: Int
+    /// Response headers by lower-cased name (the last of each).
+    public var headers: [String: String]
+    /// The start of the response body (at most 64 KiB).
+    public var body: Data
+
+    public var succeeded: Bool { code == Int32(CURLE_OK.rawValue) }
+}
+
+/// Drives every transfer through one curl multi handle on one dedicated thread.
+///
+/// Callers `await perform(_:)` from any task; the request is queued, the engine thread is woken
+/// with `curl_multi_wakeup`, and the continuation is resumed when the transfer completes. Easy
+/// handles live and die on the engine thread; the multi handle keeps connections open between
+/// transfers (keep-alive), and bounds them in all and per host.
+public final class CurlEngine: Sendable {
+    private struct Shared {
+        var queue: [Transfer] = []
+        var stopping = false
+    }
+
+    private let shared = Mutex(Shared())
+    // The multi handle is touched only by the engine thread, except for curl_multi_wakeup, which
+    // libcurl documents as safe from any thread.
+    private nonisolated(unsafe) let multi: UnsafeMutableRawPointer
+    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let done = Mutex(false)
+
+    static let globalInit: Bool = {
+        curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
+    }()
+
+    /// - Parameters:
+    ///   - maxConnections: open connections in all (`CURLMOPT_MAX_TOTAL_CONNECTIONS`).
+    ///   - maxPerHost: open connections to one host (`CURLMOPT_MAX_HOST_CONNECTIONS`).
+    public init(maxConnections: Int = 64, maxPerHost: Int = 16) {
+        _ = Self.globalInit
+        multi = curl_multi_init()!
+        aftercare_multi_setopt_long(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxConnections)
+        aftercare_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxPerHost)
+        aftercare_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnections)
+        let thread = Thread { [self] in run() }
+        thread.name = "aftercare-curl"
+        thread.start()
+    }
+
+    /// Performs one transfer. Never throws: every failure is in the response.
+    public func perform(_ request: CurlRequest) async -> CurlResponse {
+        await withCheckedContinuation { continuation in
+            let transfer = Transfer(request: request, continuation: continuation)
+            let accepted = shared.withLock { state -> Bool in
+                guard !state.stopping else { return false }
+                state.queue.append(transfer)
+                return true
+            }
+            if accepted {
+                curl_multi_wakeup(multi)
+            } else {
+                continuation.resume(returning: CurlResponse(
+                    code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), error: "the delivery engine is shutting down",
+                    responseCode: 0, headers: [:], body: Data()))
+            }
+        }
+    }
+
+    /// Lets queued and running transfers finish, then stops the thread. No `perform` after this.
+    public func shutdown() async {
+        shared.withLock { $0.stopping = true }
+        curl_multi_wakeup(multi)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let alreadyDone = done.withLock { isDone -> Bool in
+                if !isDone { finished.withLock { $0 = continuation } }
+                return isDone
+            }
+            if alreadyDone { continuation.resume() }
+        }
+    }
+
+    private func run() {
+        var active: [UnsafeMutableRawPointer: Transfer] = [:]
+        var idleHandles: [UnsafeMutableRawPointer] = []
+        while true {
+            let (incoming, stopping) = shared.withLock { state -> ([Transfer], Bool) in
+                defer { state.queue.removeAll(keepingCapacity: true) }
+                return (state.queue, state.stopping)
+            }
+            for transfer in incoming {
+                let handle = idleHandles.popLast() ?? curl_easy_init()!
+                transfer.configure(handle)
+                active[handle] = transfer
+                curl_multi_add_handle(multi, handle)
+            }
+            if stopping && active.isEmpty { break }
+            var running: Int32 = 0
+            curl_multi_perform(multi, &running)
+            var pending: Int32 = 0
+            while let message = curl_multi_info_read(multi, &pending) {
+                guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
+                let key = handle
+                let code = message.pointee.data.result
+                curl_multi_remove_handle(multi, handle)
+                if let transfer = active.removeValue(forKey: key) {
+                    transfer.complete(handle: key, code: code)
+                }
+                curl_easy_reset(handle)
+                if idleHandles.count < 256 { idleHandles.append(key) } else { curl_easy_cleanup(handle) }
+            }
+            if running > 0 || !active.isEmpty {
+                curl_multi_poll(multi, nil, 0, 1000, nil)
+            } else {
+                // Nothing in flight: sleep until a request or shutdown wakes us.
+                curl_multi_poll(multi, nil, 0, 60_000, nil)
+            }
+        }
+        for handle in idleHandles { curl_easy_cleanup(handle) }
+        curl_multi_cleanup(multi)
+        let waiter = done.withLock { isDone -> CheckedContinuation<Void, Never>? in
+            isDone = true
+            return finished.withLock { $0 }
+        }
+        waiter?.resume()
+    }
+}
+
+/// One transfer's state on the engine thread: its options' storage, the response as it arrives.
+final class Transfer: @unchecked Sendable {
+    let request: CurlRequest
+    private let continuation: CheckedContinuation<CurlResponse, Never>
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private var recipientList: UnsafeMutablePointer<curl_slist>?
+    private var strings: [UnsafeMutablePointer<CChar>] = []
+    private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+    private var upload: Data = Data()
+    private var uploadOffset = 0
+    var body = Data()
+    var headers: [String: String] = [:]
+
+    init(request: CurlRequest, continuation: CheckedContinuation<CurlResponse, Never>) {
+        self.request = request
+        self.continuation = continuation
+        errorBuffer.initialize(to: 0)
+    }
+
+    deinit {
+        if let headerList { curl_slist_free_all(headerList) }
+        if let recipientList { curl_slist_free_all(recipientList) }
+        for string in strings { free(string) }
+        errorBuffer.deallocate()
+    }
+
+    /// A C string that lives as long as the transfer (libcurl copies most, not all, strings).
+    private func keep(_ text: String) -> UnsafeMutablePointer<CChar> {
+        let pointer = strdup(text)!
+        strings.append(pointer)
+        return pointer
+    }
+
+    func configure(_ handle: UnsafeMutableRawPointer) {
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        let transport = request.transport
+        aftercare_easy_setopt_string(handle, CURLOPT_URL, request.url)
+        aftercare_easy_setopt_string(handle, CURLOPT_PROTOCOLS_STR, request.protocols)
+        aftercare_easy_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        aftercare_easy_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
+        aftercare_easy_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
+        aftercare_easy_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
+        if let caFile = transport.caFile { aftercare_easy_setopt_string(handle, CURLOPT_CAINFO, caFile) }
+        aftercare_easy_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(transport.connectTimeout * 1000))
+        aftercare_easy_setopt_long(handle, CURLOPT_TIMEOUT_MS, Int(transport.totalTimeout * 1000))
+        aftercare_easy_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, transport.lowSpeedBytes)
+        aftercare_easy_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, transport.lowSpeedSeconds)
+        aftercare_easy_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
+        aftercare_easy_setopt_pointer(handle, CURLOPT_PRIVATE, me)
+        aftercare_easy_setopt_callback(handle, CURLOPT_WRITEFUNCTION, transferWrite)
+        aftercare_easy_setopt_pointer(handle, CURLOPT_WRITEDATA, me)
+        aftercare_easy_setopt_callback(handle, CURLOPT_HEADERFUNCTION, transferHeader)
+        aftercare_easy_setopt_pointer(handle, CURLOPT_HEADERDATA, me)
+        switch request.kind {
+        case .httpPost(let headerLines, let payload):
+            upload = payload
+            for line in headerLines + ["Expect:"] { headerList = curl_slist_append(headerList, line) }
+            aftercare_easy_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
+            aftercare_easy_setopt_long(handle, CURLOPT_POST, 1)
+            aftercare_easy_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(payload.count))
+            aftercare_easy_setopt_callback(handle, CURLOPT_READFUNCTION, transferRead)
+            aftercare_easy_setopt_pointer(handle, CURLOPT_READDATA, me)
+        case .smtp(let from, let recipients, let message, let username, let password, let requireTLS):
+            upload = message
+            aftercare_easy_setopt_string(handle, CURLOPT_MAIL_FROM, keep("<\(from)>"))
+            for recipient in recipients { recipientList = curl_slist_append(recipientList, "<\(recipient)>") }
+            aftercare_easy_setopt_slist(handle, CURLOPT_MAIL_RCPT, recipientList)
+            aftercare_easy_setopt_long(handle, CURLOPT_UPLOAD, 1)
+            aftercare_easy_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(message.count))
+            aftercare_easy_setopt_callback(handle, CURLOPT_READFUNCTION, transferRead)
+            aftercare_easy_setopt_pointer(handle, CURLOPT_READDATA, me)
+            aftercare_easy_setopt_long(handle, CURLOPT_USE_SSL, Int(requireTLS ? CURLUSESSL_ALL.rawValue : CURLUSESSL_NONE.rawValue))
+            if let username { aftercare_easy_setopt_string(handle, CURLOPT_USERNAME, keep(username)) }
+            if let password { aftercare_easy_setopt_string(handle, CURLOPT_PASSWORD, keep(password)) }
+        }
+    }
+
+    func read(into buffer: UnsafeMutablePointer<CChar>, capacity: Int) -> Int {
+        let count = min(capacity, upload.count - uploadOffset)
+        guard count > 0 else { return 0 }
+        upload.withUnsafeBytes { bytes in
+            UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + uploadOffset, byteCount: count)
+        }
+        uploadOffset += count
+        return count
+    }
+
+    func complete(handle raw: UnsafeMutableRawPointer, code: CURLcode) {
+        var status = 0
+        aftercare_easy_getinfo_long(raw, CURLINFO_RESPONSE_CODE, &status)
+        let text = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
+        continuation.resume(
+            returning: CurlResponse(
+                code: Int32(code.rawValue), error: code == CURLE_OK ? "" : text, responseCode: status, headers: headers,
+                body: body))
+    }
+}
+
+private let transferWrite: aftercare_curl_data_callback = { buffer, size, count, user in
+    let transfer = Unmanaged<Transfer>.fromOpaque(user!).takeUnretainedValue()
+    let length = size * count
+    if transfer.body.count < 64 * 1024, let buffer {
+        transfer.body.append(UnsafeRawPointer(buffer).assumingMemoryBound(to: UInt8.self), count: min(length, 64 * 1024))
+    }
+    return length
+}
+
+private let transferHeader: aftercare_curl_data_callback = { buffer, size, count, user in
+    let transfer = Unmanaged<Transfer>.fromOpaque(user!).takeUnretainedValue()
+    let length = size * count
+    guard let buffer else { return length }
+    let line = String(decoding: UnsafeRawBufferPointer(start: buffer, count: length), as: UTF8.self)
+    if line.hasPrefix("HTTP/") {
+        transfer.headers = [:]  // a new response (after 100 Continue, say): keep only the last one's headers
+    } else if let colon = line.firstIndex(of: ":") {
+        let name = line[..<colon].lowercased()
+        let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+        transfer.headers[name] = value
+    }
+    return length
+}
+
+private let transferRead: aftercare_curl_data_callback = { buffer, size, count, user in
+    let transfer = Unmanaged<Transfer>.fromOpaque(user!).takeUnretainedValue()
+    return transfer.read(into: buffer!, capacity: size * count)
+}

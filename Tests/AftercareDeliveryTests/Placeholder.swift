@@ -1,2 +1,0 @@
-// Tests for AftercareDeliveryTests are added with the work they prove.
-import Testing
