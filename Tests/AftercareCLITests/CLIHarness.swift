@@ -21,7 +21,9 @@ final class CLIHarness: Sendable {
         return repositoryRoot.appendingPathComponent(".build/debug/aftercare").path
     }
 
-    init(quietHours: Bool = false) throws {
+    /// - Parameter extra: TOML appended to the config (more senders, a [retry] table).
+    /// - Parameter channels: the [channels] table's lines.
+    init(quietHours: Bool = false, channels: String = "sms = \"outbox\"\nemail = \"outbox\"", extra: String = "") throws {
         root = NSTemporaryDirectory() + "aftercare-cli-tests-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
@@ -39,12 +41,13 @@ final class CLIHarness: Sendable {
             files = ["\(protocolFile)"]
 
             [channels]
-            sms = "outbox"
-            email = "outbox"
+            \(channels)
 
             [senders.outbox]
             kind = "file"
             outbox = "state/outbox"
+
+            \(extra)
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
