@@ -57,7 +57,11 @@ public final class AftercareDaemon: Service, Sendable {
 
     /// Asks a running daemon to stop, as graceful shutdown does.
     public func requestShutdown() {
-        shuttingDown.withLock { $0 = true }
+        let first = shuttingDown.withLock { flag -> Bool in
+            defer { flag = true }
+            return !flag
+        }
+        if first { notifier.stopping(status: "stopping: finishing deliveries under way") }
         wakeup.signal(.shutdown)
     }
 
@@ -109,7 +113,6 @@ public final class AftercareDaemon: Service, Sendable {
         } onGracefulShutdown: { [self] in
             requestShutdown()
         }
-        notifier.stopping(status: "draining finished; stopping")
         for sender in runtime.withLock({ $0?.senders.values.map { $0 } ?? [] }) { await sender.shutdown() }
         logger.info("aftercare stopped")
     }
@@ -166,28 +169,17 @@ public final class AftercareDaemon: Service, Sendable {
     private func process(_ claimed: [ClaimedReminder], runtime: Runtime, store: ReminderStore) async {
         let dispatcher = Dispatcher(runtime: runtime, clock: clock, logger: logger)
         let limit = max(1, runtime.config.dispatch.maxConcurrent)
-        var outcomes: [(ClaimedReminder, Resolution)] = []
-        outcomes.reserveCapacity(claimed.count)
-        await withTaskGroup(of: (ClaimedReminder, Resolution).self) { group in
-            var pending = claimed.makeIterator()
-            var inFlight = 0
-            func startNext() {
-                while inFlight < limit, let reminder = pending.next() {
-                    if isShuttingDown {
-                        outcomes.append((reminder, .released))
-                        continue
-                    }
-                    inFlight += 1
-                    group.addTask { (reminder, await dispatcher.resolve(reminder)) }
-                }
-            }
-            startNext()
-            while let outcome = await group.next() {
-                inFlight -= 1
-                outcomes.append(outcome)
-                startNext()
-            }
+        let grace = runtime.config.dispatch.shutdownGrace
+        let sending = Task { await self.send(claimed, dispatcher: dispatcher, limit: limit) }
+        // Once shutdown begins, sends under way get the grace period; then they are abandoned and
+        // their reminders go back to the queue as they were (a send may repeat; none is lost).
+        let deadline = Task {
+            while !self.isShuttingDown { try await Task.sleep(for: .milliseconds(100)) }
+            try await Task.sleep(for: .seconds(grace))
+            sending.cancel()
         }
+        let outcomes = await sending.value
+        deadline.cancel()
         var tally: [String: Int] = [:]
         for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
         do {
@@ -201,6 +193,39 @@ public final class AftercareDaemon: Service, Sendable {
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) }
         )
+    }
+
+    /// Resolves a batch with at most `limit` sends under way. After shutdown begins no new send
+    /// starts; when cancelled, unfinished sends come back as released.
+    private func send(_ claimed: [ClaimedReminder], dispatcher: Dispatcher, limit: Int) async
+        -> [(ClaimedReminder, Resolution)]
+    {
+        var outcomes: [(ClaimedReminder, Resolution)] = []
+        outcomes.reserveCapacity(claimed.count)
+        await withTaskGroup(of: (ClaimedReminder, Resolution).self) { group in
+            var pending = claimed.makeIterator()
+            var inFlight = 0
+            func startNext() {
+                while inFlight < limit, let reminder = pending.next() {
+                    if isShuttingDown || Task.isCancelled {
+                        outcomes.append((reminder, .released))
+                        continue
+                    }
+                    inFlight += 1
+                    group.addTask {
+                        let resolution = await dispatcher.resolve(reminder)
+                        return (reminder, Task.isCancelled ? .released : resolution)
+                    }
+                }
+            }
+            startNext()
+            while let outcome = await group.next() {
+                inFlight -= 1
+                outcomes.append(outcome)
+                startNext()
+            }
+        }
+        return outcomes
     }
 
     private static func label(_ resolution: Resolution) -> String {

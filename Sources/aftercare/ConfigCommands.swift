@@ -48,6 +48,10 @@ struct ConfigCommand: AsyncParsableCommand {
             }
             print("  database    \(config.paths.database)")
             print("  spool       \(config.paths.spool)")
+            if config.senders.values.contains(where: { $0.kind != "file" }) {
+                print("  note        network senders are configured: under systemd the unit allows only loopback "
+                    + "until their addresses and your DNS resolvers are allowed (scripts/install --allow-ip)")
+            }
         }
     }
 }

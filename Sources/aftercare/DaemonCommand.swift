@@ -20,18 +20,14 @@ struct DaemonCommand: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func run() async throws {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        JournalLogHandler.bootstrap(level: logLevel)
         let logger = Logger(label: "aftercare")
         // The engine's limits come from the configuration at start-up; a reload keeps them.
         let limits = (try? AftercareConfiguration.load(path: options.path))?.dispatch ?? DispatchSettings()
         let engine = CurlEngine(maxConnections: limits.maxConcurrent, maxPerHost: limits.maxPerHost)
         let daemon = AftercareDaemon(
-            configPath: options.path, logger: logger, makeSender: SenderCatalog.maker(engine: engine)
+            configPath: options.path, logger: logger, notifier: SystemdNotifier(),
+            makeSender: SenderCatalog.maker(engine: engine)
         )
         let group = ServiceGroup(
             configuration: .init(

@@ -86,8 +86,22 @@ public enum IntakeCodec {
         return requests
     }
 
-    /// Encodes one request as a single JSON line (no trailing newline).
-    public static func encode(_ request: IntakeRequest) -> Data {
+    /// Who a file's requests say asked for them (`requested_by`, written by the staff commands),
+    /// if any line says so. Self-declared: the daemon prefers the file's owner when it can see it.
+    public static func requestedBy(_ data: Data) -> String? {
+        for line in data.split(separator: UInt8(ascii: "\n")).prefix(1) {
+            if let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                let name = object["requested_by"] as? String,
+                (try? InputRules.checkIdentifier(name, field: "requested_by")) != nil
+            {
+                return name
+            }
+        }
+        return nil
+    }
+
+    /// Encodes one request as a single JSON line (no trailing newline), optionally saying who asked.
+    public static func encode(_ request: IntakeRequest, requestedBy: String? = nil) -> Data {
         var object: [String: Any] = [:]
         switch request {
         case .procedure(let procedure):
@@ -124,6 +138,7 @@ public enum IntakeCodec {
             case .deadSince(let date): object["dead_since"] = Timestamp.format(date, in: .gmt)
             }
         }
+        if let requestedBy { object["requested_by"] = requestedBy }
         // Sorted keys keep files stable and diffable.
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
     }
@@ -143,6 +158,7 @@ public enum IntakeCodec {
             throw IntakeError(line: line, problem: "expected a JSON object")
         }
         var fields = Fields(object: object, line: line)
+        _ = try fields.optionalString("requested_by")
         let kind = try fields.optionalString("kind") ?? "procedure"
         let request: IntakeRequest
         switch kind {

@@ -58,10 +58,10 @@ public struct Intake: Sendable {
                     retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
                     continue
                 }
-                await refuse(file, because: error, actor: Self.owner(file.ownerUID))
+                await refuse(file, because: error, actor: Self.actor(file.ownerUID, data: data))
                 continue
             }
-            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: Self.owner(file.ownerUID))))
+            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: Self.actor(file.ownerUID, data: data))))
             batchRequests += requests.count
             if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
                 if !(await apply(batch)) { return clock.now().addingTimeInterval(5) }
@@ -137,8 +137,13 @@ public struct Intake: Sendable {
         return .success(Planner.plan(procedure, protocol: careProtocol, policy: config.policy, now: now))
     }
 
-    static func owner(_ uid: uid_t) -> String {
-        if let entry = getpwuid(uid), let name = entry.pointee.pw_name { return String(cString: name) }
-        return "uid \(uid)"
+    /// Who dropped a file: its owner, when this process can see who that is; otherwise (under
+    /// systemd's PrivateUsers= other users appear as nobody) the name the request states.
+    static func actor(_ uid: uid_t, data: Data) -> String {
+        if uid != 65534, let entry = getpwuid(uid), let name = entry.pointee.pw_name {
+            return String(cString: name)
+        }
+        if let stated = IntakeCodec.requestedBy(data) { return "\(stated) (stated)" }
+        return uid == 65534 ? "unknown" : "uid \(uid)"
     }
 }

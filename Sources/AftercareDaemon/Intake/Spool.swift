@@ -28,10 +28,12 @@ public struct Spool: Sendable {
     /// Writes requests as one file into `incoming/` atomically: in `tmp/` first, fsynced, renamed in.
     /// Returns the file's name.
     @discardableResult
-    public func submit(_ requests: [IntakeRequest], label: String) throws -> String {
+    public func submit(_ requests: [IntakeRequest], label: String, requestedBy: String? = Spool.currentUser)
+        throws -> String
+    {
         var data = Data()
         for request in requests {
-            data.append(IntakeCodec.encode(request))
+            data.append(IntakeCodec.encode(request, requestedBy: requestedBy))
             data.append(UInt8(ascii: "\n"))
         }
         let stamp = Timestamp.format(Date(), in: .gmt).replacingOccurrences(of: ":", with: "")
@@ -57,6 +59,12 @@ public struct Spool: Sendable {
         }
         syncFolder(incoming.path)
         return name
+    }
+
+    /// The user running this process, as staff commands name themselves in their requests.
+    public static var currentUser: String? {
+        guard let entry = getpwuid(getuid()), let name = entry.pointee.pw_name else { return nil }
+        return String(cString: name)
     }
 
     /// A file waiting in `incoming/`.

@@ -52,6 +52,7 @@ public struct CurlResponse: Sendable {
 public final class CurlEngine: Sendable {
     private struct Shared {
         var queue: [Transfer] = []
+        var cancelled: [Transfer] = []
         var stopping = false
     }
 
@@ -80,21 +81,29 @@ public final class CurlEngine: Sendable {
         thread.start()
     }
 
-    /// Performs one transfer. Never throws: every failure is in the response.
+    /// Performs one transfer. Never throws: every failure is in the response. If the calling task
+    /// is cancelled the transfer is abandoned and comes back as `CURLE_ABORTED_BY_CALLBACK`.
     public func perform(_ request: CurlRequest) async -> CurlResponse {
-        await withCheckedContinuation { continuation in
-            let transfer = Transfer(request: request, continuation: continuation)
-            let accepted = shared.withLock { state -> Bool in
-                guard !state.stopping else { return false }
-                state.queue.append(transfer)
-                return true
+        let holder = Mutex<Transfer?>(nil)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let transfer = Transfer(request: request, continuation: continuation)
+                holder.withLock { $0 = transfer }
+                let accepted = shared.withLock { state -> Bool in
+                    guard !state.stopping else { return false }
+                    state.queue.append(transfer)
+                    return true
+                }
+                if accepted {
+                    curl_multi_wakeup(multi)
+                } else {
+                    transfer.abandon("the delivery engine is shutting down")
+                }
             }
-            if accepted {
+        } onCancel: {
+            if let transfer = holder.withLock({ $0 }) {
+                shared.withLock { $0.cancelled.append(transfer) }
                 curl_multi_wakeup(multi)
-            } else {
-                continuation.resume(returning: CurlResponse(
-                    code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), error: "the delivery engine is shutting down",
-                    responseCode: 0, headers: [:], body: Data()))
             }
         }
     }
@@ -116,11 +125,23 @@ public final class CurlEngine: Sendable {
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         var idleHandles: [UnsafeMutableRawPointer] = []
         while true {
-            let (incoming, stopping) = shared.withLock { state -> ([Transfer], Bool) in
-                defer { state.queue.removeAll(keepingCapacity: true) }
-                return (state.queue, state.stopping)
+            let (incoming, cancelled, stopping) = shared.withLock { state -> ([Transfer], [Transfer], Bool) in
+                defer {
+                    state.queue.removeAll(keepingCapacity: true)
+                    state.cancelled.removeAll()
+                }
+                return (state.queue, state.cancelled, state.stopping)
             }
-            for transfer in incoming {
+            for transfer in cancelled {
+                if let handle = active.first(where: { $0.value === transfer })?.key {
+                    curl_multi_remove_handle(multi, handle)
+                    active[handle] = nil
+                    curl_easy_reset(handle)
+                    idleHandles.append(handle)
+                }
+                transfer.abandon("cancelled: shutting down")
+            }
+            for transfer in incoming where !transfer.isFinished {
                 let handle = idleHandles.popLast() ?? curl_easy_init()!
                 transfer.configure(handle)
                 active[handle] = transfer
@@ -170,6 +191,25 @@ final class Transfer: @unchecked Sendable {
     private var uploadOffset = 0
     var body = Data()
     var headers: [String: String] = [:]
+    /// Set once the continuation has been resumed; guarded by the engine thread (or by being the
+    /// only owner before the transfer is queued).
+    private let finished = Mutex(false)
+    var isFinished: Bool { finished.withLock { $0 } }
+
+    /// Resumes the caller exactly once; later calls do nothing.
+    private func finish(_ response: CurlResponse) {
+        let first = finished.withLock { done -> Bool in
+            defer { done = true }
+            return !done
+        }
+        if first { continuation.resume(returning: response) }
+    }
+
+    /// Completes the transfer without a result from the wire.
+    func abandon(_ reason: String) {
+        finish(CurlResponse(
+            code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), error: reason, responseCode: 0, headers: [:], body: Data()))
+    }
 
     init(request: CurlRequest, continuation: CheckedContinuation<CurlResponse, Never>) {
         self.request = request
@@ -249,10 +289,9 @@ final class Transfer: @unchecked Sendable {
         var status = 0
         aftercare_easy_getinfo_long(raw, CURLINFO_RESPONSE_CODE, &status)
         let text = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
-        continuation.resume(
-            returning: CurlResponse(
-                code: Int32(code.rawValue), error: code == CURLE_OK ? "" : text, responseCode: status, headers: headers,
-                body: body))
+        finish(CurlResponse(
+            code: Int32(code.rawValue), error: code == CURLE_OK ? "" : text, responseCode: status, headers: headers,
+            body: body))
     }
 }
 
