@@ -26,6 +26,7 @@ public final class AftercareDaemon: Service, Sendable {
     private let notifier: any ServiceManagerNotifier
     private let makeSender: SenderMaker
     private let wakeup = Wakeup()
+    private let intakeWakeup = Wakeup()
     private let shuttingDown = Mutex(false)
     private let runtime: Mutex<Runtime?> = Mutex(nil)
     private let handlesSIGHUP: Bool
@@ -63,6 +64,7 @@ public final class AftercareDaemon: Service, Sendable {
         }
         if first { notifier.stopping(status: "stopping: finishing deliveries under way") }
         wakeup.signal(.shutdown)
+        intakeWakeup.signal(.shutdown)
     }
 
     public func run() async throws {
@@ -85,7 +87,7 @@ public final class AftercareDaemon: Service, Sendable {
         }
         let recovered = try await store.recoverClaims(now: clock.now(), all: true)
         if recovered > 0 { logger.notice("returned \(recovered) claimed reminder(s) from an earlier run to the queue") }
-        let watcher = try SpoolWatcher(folder: spool.incoming.path) { [wakeup] in wakeup.signal(.spool) }
+        let watcher = try SpoolWatcher(folder: spool.incoming.path) { [intakeWakeup] in intakeWakeup.signal(.spool) }
         defer { watcher.stop() }
         let firstRetryAt = await ingestSpool(spool: spool, store: store)
         logger.info(
@@ -105,8 +107,13 @@ public final class AftercareDaemon: Service, Sendable {
                     }
                 }
                 group.addTask {
-                    try await self.loop(store: store, spool: spool, spoolRetryAt: firstRetryAt)
+                    await self.intakeLoop(store: store, spool: spool, retryPending: firstRetryAt != nil)
                 }
+                group.addTask {
+                    try await self.dispatchLoop(store: store)
+                }
+                // Both loops end on shutdown; the SIGHUP listener is cancelled then.
+                try await group.next()
                 try await group.next()
                 group.cancelAll()
             }
@@ -119,113 +126,179 @@ public final class AftercareDaemon: Service, Sendable {
 
     private var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
 
-    private func loop(store: ReminderStore, spool: Spool, spoolRetryAt firstRetryAt: Date?) async throws {
-        var spoolRetryAt = firstRetryAt
-        var lastStatus = ContinuousClock.now - .seconds(60)
+    /// One event in the dispatch pipeline: a send resolved, or the ticker saying "look again"
+    /// (something was signalled, a due time or lease expiry came, or outcomes wait to be recorded).
+    private enum PipelineEvent: Sendable {
+        case resolved(ClaimedReminder, Resolution)
+        case tick
+    }
+
+    /// Picks the spool up whenever inotify says something arrived, independently of delivery, so a
+    /// slow receiver never holds back intake.
+    private func intakeLoop(store: ReminderStore, spool: Spool, retryPending first: Bool) async {
+        var retryPending = first
         while true {
-            notifier.watchdogPing()
-            let reasons = wakeup.take()
+            let reasons = intakeWakeup.take()
             if isShuttingDown || reasons.contains(.shutdown) { return }
-            if reasons.contains(.reload) { await reload(store: store) }
-            let now = clock.now()
-            if reasons.contains(.spool) || (spoolRetryAt.map { $0 <= now } ?? false) {
-                spoolRetryAt = await ingestSpool(spool: spool, store: store)
+            if reasons.contains(.spool) || retryPending {
+                retryPending = await ingestSpool(spool: spool, store: store) != nil
+                wakeup.signal(.spool)
             }
-            guard let current = runtime.withLock({ $0 }) else { return }
-            let dispatch = current.config.dispatch
+            await intakeWakeup.wait(
+                until: nil, realTimeLimit: retryPending ? .seconds(Intake.settleSeconds) : nil, clock: clock)
+        }
+    }
+
+    /// The dispatch pipeline. Up to `max_concurrent` sends are under way at once; as they finish,
+    /// more due reminders are claimed (in batches, under a lease) and outcomes are recorded in
+    /// groups. Between times the pipeline sleeps until the next due time, a lease expiry, or a
+    /// signal. The watchdog is pinged from here, so a stalled pipeline trips it.
+    private func dispatchLoop(store: ReminderStore) async throws {
+        var lastStatus = ContinuousClock.now - .seconds(60)
+        var finished: [(ClaimedReminder, Resolution)] = []
+        var firstUnrecorded: ContinuousClock.Instant?
+        var inFlight = 0
+        var tickerRunning = false
+        var dueExhausted = false
+        var graceDeadline: ContinuousClock.Instant?
+        let flushEvery = Duration.milliseconds(20)
+
+        func record() async {
+            guard !finished.isEmpty else { return }
+            let outcomes = finished
+            finished.removeAll(keepingCapacity: true)
+            firstUnrecorded = nil
+            var tally: [String: Int] = [:]
+            for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
             do {
-                if let lapse = try await store.nextLeaseExpiry(), lapse <= now {
-                    let count = try await store.recoverClaims(now: now)
-                    if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
+                let fenced = try await store.record(outcomes, now: clock.now())
+                if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
+            } catch {
+                // Not recorded: the leases lapse and the reminders come back (at-least-once, never lost).
+                logger.error("cannot record \(outcomes.count) outcome(s): \(error); they come back when their lease lapses")
+            }
+            logger.info(
+                "dispatched \(outcomes.count) reminder(s)",
+                metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
+        }
+
+        try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
+            while true {
+                notifier.watchdogPing()
+                guard let current = runtime.withLock({ $0 }) else { return }
+                let dispatch = current.config.dispatch
+                let limit = max(1, dispatch.maxConcurrent)
+                let reasons = wakeup.take()
+                if !reasons.isEmpty { dueExhausted = false }
+                if reasons.contains(.reload) && !isShuttingDown { await reload(store: store) }
+                let stopping = isShuttingDown || reasons.contains(.shutdown)
+                if stopping && graceDeadline == nil {
+                    graceDeadline = .now + .seconds(dispatch.shutdownGrace)
                 }
-                let claimed = try await store.claimDue(
-                    now: now, limit: dispatch.batchSize, leaseSeconds: dispatch.leaseSeconds)
-                if !claimed.isEmpty {
-                    await process(claimed, runtime: current, store: store)
-                    if ContinuousClock.now - lastStatus > .seconds(5) {
-                        lastStatus = .now
-                        if let line = try? await statusLine(store) { notifier.status(line) }
+                if let deadline = graceDeadline, ContinuousClock.now >= deadline, inFlight > 0 {
+                    // The grace period is over: abandon the sends still under way; they come back
+                    // as released and stay due.
+                    group.cancelAll()
+                }
+                let now = clock.now()
+
+                if !stopping {
+                    do {
+                        if let lapse = try await store.nextLeaseExpiry(), lapse <= now {
+                            let count = try await store.recoverClaims(now: now)
+                            if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
+                        }
+                        // Claim in batches, and only when a batch's worth of room (or all of it) is free.
+                        if !dueExhausted && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
+                            let room = limit - inFlight
+                            var wanted = min(dispatch.batchSize, room)
+                            while wanted > 0 {
+                                let claimed = try await store.claimDue(
+                                    now: now, limit: wanted, leaseSeconds: dispatch.leaseSeconds)
+                                let dispatcher = Dispatcher(runtime: current, clock: clock, logger: logger)
+                                for reminder in claimed {
+                                    group.addTask {
+                                        let resolution = await dispatcher.resolve(reminder)
+                                        return .resolved(reminder, Task.isCancelled ? .released : resolution)
+                                    }
+                                }
+                                inFlight += claimed.count
+                                if claimed.count < wanted {
+                                    dueExhausted = true
+                                    break
+                                }
+                                wanted = min(dispatch.batchSize, limit - inFlight)
+                            }
+                        }
+                    } catch {
+                        // A database error (a full disk, a lock held too long): claims lapse and come back.
+                        logger.error("dispatch failed, retrying in 5 s: \(error)")
+                        await wakeup.wait(until: clock.now().addingTimeInterval(5), realTimeLimit: .seconds(5), clock: clock)
+                        continue
                     }
-                    continue
+                }
+
+                if let first = firstUnrecorded, ContinuousClock.now - first >= flushEvery || inFlight == 0
+                    || finished.count >= dispatch.batchSize
+                {
+                    await record()
                 }
                 if ContinuousClock.now - lastStatus > .seconds(5) {
                     lastStatus = .now
                     if let line = try? await statusLine(store) { notifier.status(line) }
                 }
-                let deadlines = [try await store.nextDueTime(), try await store.nextLeaseExpiry(), spoolRetryAt]
-                let deadline = deadlines.compactMap { $0 }.min()
-                await wakeup.wait(until: deadline, realTimeLimit: notifier.watchdogInterval, clock: clock)
-            } catch {
-                // A database error (a full disk, a lock held too long): claims will lapse and come back.
-                logger.error("dispatch failed, retrying in 5 s: \(error)")
-                await wakeup.wait(
-                    until: clock.now().addingTimeInterval(5), realTimeLimit: notifier.watchdogInterval, clock: clock)
-            }
-        }
-    }
+                if stopping && inFlight == 0 {
+                    await record()
+                    group.cancelAll()
+                    return
+                }
 
-    /// Sends a claimed batch with bounded concurrency and records every outcome in one transaction.
-    /// Once shutdown begins no new send starts; the unsent are released back to the queue as they were.
-    private func process(_ claimed: [ClaimedReminder], runtime: Runtime, store: ReminderStore) async {
-        let dispatcher = Dispatcher(runtime: runtime, clock: clock, logger: logger)
-        let limit = max(1, runtime.config.dispatch.maxConcurrent)
-        let grace = runtime.config.dispatch.shutdownGrace
-        let sending = Task { await self.send(claimed, dispatcher: dispatcher, limit: limit) }
-        // Once shutdown begins, sends under way get the grace period; then they are abandoned and
-        // their reminders go back to the queue as they were (a send may repeat; none is lost).
-        let deadline = Task {
-            while !self.isShuttingDown { try await Task.sleep(for: .milliseconds(100)) }
-            try await Task.sleep(for: .seconds(grace))
-            sending.cancel()
-        }
-        let outcomes = await sending.value
-        deadline.cancel()
-        var tally: [String: Int] = [:]
-        for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
-        do {
-            let fenced = try await store.record(outcomes, now: clock.now())
-            if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
-        } catch {
-            // Not recorded: the leases lapse and the reminders come back (at-least-once, never lost).
-            logger.error("cannot record \(outcomes.count) outcome(s): \(error); they will be retried when their lease lapses")
-        }
-        logger.info(
-            "dispatched \(outcomes.count) reminder(s)",
-            metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) }
-        )
-    }
+                if !tickerRunning {
+                    var deadline: Date?
+                    // Sleep until work falls due only when there is room to take it; otherwise the
+                        // next finished send wakes the pipeline.
+                    if !stopping && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
+                        deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
+                            .compactMap { $0 }.compactMap { $0 }.min()
+                    }
+                    var limitReal = notifier.watchdogInterval
+                    if firstUnrecorded != nil { limitReal = min(limitReal ?? flushEvery, flushEvery) }
+                    if let graceDeadline { limitReal = min(limitReal ?? .seconds(1), max(.milliseconds(1), graceDeadline - .now)) }
+                    logger.trace("pipeline sleeps", metadata: [
+                        "until": "\(deadline.map { Timestamp.format($0, in: .gmt) } ?? "-")", "inFlight": "\(inFlight)",
+                        "real": "\(limitReal.map { "\($0)" } ?? "-")",
+                    ])
+                    let seen = wakeup.generation
+                    group.addTask { [wakeup, clock] in
+                        await wakeup.wait(until: deadline, realTimeLimit: limitReal, clock: clock, since: seen)
+                        return .tick
+                    }
+                    tickerRunning = true
+                }
 
-    /// Resolves a batch with at most `limit` sends under way. After shutdown begins no new send
-    /// starts; when cancelled, unfinished sends come back as released.
-    private func send(_ claimed: [ClaimedReminder], dispatcher: Dispatcher, limit: Int) async
-        -> [(ClaimedReminder, Resolution)]
-    {
-        var outcomes: [(ClaimedReminder, Resolution)] = []
-        outcomes.reserveCapacity(claimed.count)
-        await withTaskGroup(of: (ClaimedReminder, Resolution).self) { group in
-            var pending = claimed.makeIterator()
-            var inFlight = 0
-            func startNext() {
-                while inFlight < limit, let reminder = pending.next() {
-                    if isShuttingDown || Task.isCancelled {
-                        outcomes.append((reminder, .released))
-                        continue
+                switch try await group.next() {
+                case .tick?:
+                    tickerRunning = false
+                    dueExhausted = false
+                case .resolved(let reminder, let resolution)?:
+                    inFlight -= 1
+                    finished.append((reminder, resolution))
+                    if firstUnrecorded == nil {
+                        firstUnrecorded = .now
+                        // Make sure the ticker's timer covers recording this outcome soon.
+                        if tickerRunning { wakeup.signal(.flush) }
                     }
-                    inFlight += 1
-                    group.addTask {
-                        let resolution = await dispatcher.resolve(reminder)
-                        return (reminder, Task.isCancelled ? .released : resolution)
-                    }
+                case nil:
+                    tickerRunning = false
                 }
             }
-            startNext()
-            while let outcome = await group.next() {
-                inFlight -= 1
-                outcomes.append(outcome)
-                startNext()
-            }
         }
-        return outcomes
+    }
+
+    /// Whether the pipeline has room for another claim: a batch's worth (or a quarter of the limit,
+    /// if smaller) of free slots, or nothing in flight at all.
+    private static func hasRoom(inFlight: Int, limit: Int, batch: Int) -> Bool {
+        inFlight == 0 || limit - inFlight >= min(batch, max(1, limit / 4))
     }
 
     private static func label(_ resolution: Resolution) -> String {

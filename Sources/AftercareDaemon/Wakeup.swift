@@ -10,6 +10,8 @@ enum WakeReason: Sendable, Hashable {
     case reload
     /// Graceful shutdown began.
     case shutdown
+    /// An outcome waits to be recorded: re-arm the timer that records it.
+    case flush
 }
 
 /// Lets the scheduler sleep until its next deadline while anything else can wake it early.
@@ -17,6 +19,9 @@ final class Wakeup: Sendable {
     private struct State {
         var pending: Set<WakeReason> = []
         var waiter: CheckedContinuation<Void, Never>?
+        /// Counts signals, so a waiter created earlier knows it missed one even if the reasons were
+        /// already taken by someone else.
+        var generation: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -25,6 +30,7 @@ final class Wakeup: Sendable {
     func signal(_ reason: WakeReason) {
         let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
             state.pending.insert(reason)
+            state.generation &+= 1
             defer { state.waiter = nil }
             return state.waiter
         }
@@ -41,9 +47,12 @@ final class Wakeup: Sendable {
 
     func peek() -> Set<WakeReason> { state.withLock { $0.pending } }
 
+    /// The current signal count; pass it to `wait(…since:)` to return at once on any later signal.
+    var generation: UInt64 { state.withLock { $0.generation } }
+
     /// Returns at `deadline` on `clock`, after `realTimeLimit` of real time (the watchdog's cadence),
     /// or as soon as something is signalled, whichever is first.
-    func wait(until deadline: Date?, realTimeLimit: Duration?, clock: any WallClock) async {
+    func wait(until deadline: Date?, realTimeLimit: Duration?, clock: any WallClock, since: UInt64? = nil) async {
         await withTaskGroup(of: Void.self) { group in
             if let deadline {
                 group.addTask { try? await clock.sleep(until: deadline) }
@@ -51,17 +60,18 @@ final class Wakeup: Sendable {
             if let realTimeLimit {
                 group.addTask { try? await Task.sleep(for: realTimeLimit) }
             }
-            group.addTask { await self.waitForSignal() }
+            group.addTask { await self.waitForSignal(since: since) }
             await group.next()
             group.cancelAll()
         }
     }
 
-    private func waitForSignal() async {
+    private func waitForSignal(since: UInt64?) async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state in
                     if !state.pending.isEmpty || Task.isCancelled { return true }
+                    if let since, since != state.generation { return true }
                     state.waiter = continuation
                     return false
                 }

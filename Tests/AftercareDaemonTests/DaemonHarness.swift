@@ -71,7 +71,7 @@ final class DaemonHarness: Sendable {
         try config.write(toFile: root + "/aftercare.toml", atomically: true, encoding: .utf8)
         clock = ManualClock(start)
         var logger = Logger(label: "aftercare-test")
-        logger.logLevel = .warning
+        logger.logLevel = ProcessInfo.processInfo.environment["AFTERCARE_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         daemon = AftercareDaemon(
             configPath: root + "/aftercare.toml", clock: clock, logger: logger, handlesSIGHUP: false,
             makeSender: makeSender ?? { name, settings, _ in
@@ -87,7 +87,7 @@ final class DaemonHarness: Sendable {
         clock = old.clock
         ownsRoot = false
         var logger = Logger(label: "aftercare-test")
-        logger.logLevel = .warning
+        logger.logLevel = ProcessInfo.processInfo.environment["AFTERCARE_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         daemon = AftercareDaemon(
             configPath: root + "/aftercare.toml", clock: clock, logger: logger, handlesSIGHUP: false,
             makeSender: makeSender
