@@ -5,12 +5,29 @@
 //   swift run -c release aftercare-bench memory       RSS and idle CPU with 1,000,000 reminders scheduled,
 //                                                     and RSS while draining a 100,000-reminder backlog
 //   swift run -c release aftercare-bench delivery     signed webhooks per second to a loopback receiver
+//   swift run -c release aftercare-bench audit        `aftercare audit verify` on a 1,000,000-row log
 //
 // Each prints what it measured and how. Nothing here runs in the test suite.
 import Foundation
 
+
 let arguments = Array(CommandLine.arguments.dropFirst())
-let which = Set(arguments.filter { !$0.hasPrefix("-") })
+let known: Set<String> = ["all", "ingest", "memory", "delivery", "audit"]
+if arguments.contains("--help") || arguments.contains("-h") {
+    print(
+        """
+        usage: aftercare-bench [all|ingest|memory|delivery|audit]... [--procedures N] [--reminders N]
+                               [--messages N] [--rows N]
+        """)
+    exit(0)
+}
+let which = Set(arguments.enumerated().filter { index, word in
+    !word.hasPrefix("-") && (index == 0 || !arguments[index - 1].hasPrefix("--"))
+}.map(\.element))
+if let unknown = which.subtracting(known).first {
+    FileHandle.standardError.write(Data("aftercare-bench: unknown benchmark '\(unknown)' (try --help)\n".utf8))
+    exit(2)
+}
 let all = which.isEmpty || which.contains("all")
 
 func option(_ name: String, default value: Int) -> Int {
@@ -29,6 +46,9 @@ do {
     }
     if all || which.contains("delivery") {
         try await DeliveryBenchmark(messages: option("messages", default: 100_000)).run()
+    }
+    if all || which.contains("audit") {
+        try await AuditBenchmark(rows: option("rows", default: 1_000_000)).run()
     }
 } catch {
     FileHandle.standardError.write(Data("aftercare-bench: \(error)\n".utf8))

@@ -90,7 +90,7 @@ public final class AftercareDaemon: Service, Sendable {
         let watcher = try SpoolWatcher(folder: spool.incoming.path) { [intakeWakeup] in intakeWakeup.signal(.spool) }
         defer { watcher.stop() }
         let firstRetryAt = await ingestSpool(spool: spool, store: store)
-        logger.info(
+        logger.notice(
             "aftercare ready",
             metadata: [
                 "database": "\(config.paths.database)", "spool": "\(config.paths.spool)",
@@ -121,7 +121,7 @@ public final class AftercareDaemon: Service, Sendable {
             requestShutdown()
         }
         for sender in runtime.withLock({ $0?.senders.values.map { $0 } ?? [] }) { await sender.shutdown() }
-        logger.info("aftercare stopped")
+        logger.notice("aftercare stopped")
     }
 
     private var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
@@ -205,6 +205,9 @@ public final class AftercareDaemon: Service, Sendable {
                 if !stopping {
                     do {
                         if let lapse = try await store.nextLeaseExpiry(), lapse <= now {
+                            // Outcomes already in hand belong to live claims: record them before the
+                            // lapsed ones (a clock that jumped forward) go back to the queue.
+                            await record()
                             let count = try await store.recoverClaims(now: now)
                             if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
                         }
@@ -256,7 +259,7 @@ public final class AftercareDaemon: Service, Sendable {
                 if !tickerRunning {
                     var deadline: Date?
                     // Sleep until work falls due only when there is room to take it; otherwise the
-                        // next finished send wakes the pipeline.
+                    // next finished send wakes the pipeline.
                     if !stopping && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
                         deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
                             .compactMap { $0 }.compactMap { $0 }.min()

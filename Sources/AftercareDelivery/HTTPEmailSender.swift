@@ -41,12 +41,12 @@ public struct HTTPEmailSender: Sender {
         } catch {
             return SendResult(.failed(reason: "refused before sending: \(error)"))
         }
-        var from = JSONWriter()
+        var from = JSONText()
         from.field("email", settings.fromAddress)
         from.field("name", displayName)
-        var to = JSONWriter()
+        var to = JSONText()
         to.field("email", message.address)
-        var json = JSONWriter()
+        var json = JSONText()
         json.raw("from", from.finished())
         json.raw("to", "[" + to.finished() + "]")
         json.field("subject", message.subject)

@@ -57,7 +57,7 @@ public struct WebhookSender: Sender {
 
     /// The JSON body for a message.
     public static func body(for message: OutboundMessage) -> Data {
-        var json = JSONWriter()
+        var json = JSONText()
         json.field("type", "aftercare.reminder")
         json.field("reminder_id", message.reminderID)
         json.field("procedure_id", message.procedureID)

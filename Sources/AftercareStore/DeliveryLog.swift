@@ -134,7 +134,7 @@ public enum LogChain {
         var hasher = SHA256()
         hasher.update(data: Data(hexString: previous) ?? Data(count: 32))
         hasher.update(data: canonical(seq: seq, entry))
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return Hex.encode(hasher.finalize())
     }
 }
 
@@ -143,9 +143,11 @@ struct LogAppender {
     private var head: String
     private var nextSeq: Int64
     private let statement: Statement
+    private let database: Database
 
     /// Reads the chain's head in `db` (which must be inside a write transaction).
     init(_ db: Database) throws {
+        database = db
         if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1") {
             head = row["hash"]
             nextSeq = row["seq"] as Int64 + 1
@@ -171,12 +173,27 @@ struct LogAppender {
         entry.endedAt = Self.roundMicros(entry.endedAt)
         entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
         let hash = LogChain.hash(previous: head, seq: nextSeq, entry)
-        try statement.execute(arguments: [
-            nextSeq, entry.at.timeIntervalSince1970, entry.event.rawValue, entry.procedureID, entry.patientID,
-            entry.stepID, entry.channel, entry.sender, entry.destination, entry.attempt,
-            entry.startedAt?.timeIntervalSince1970, entry.endedAt?.timeIntervalSince1970, entry.outcome,
-            entry.responseCode, entry.error, entry.latencyMilliseconds, entry.actor, entry.detail, hash,
-        ])
+        var row = FastInsert(statement, in: database)
+        row.bind(nextSeq)
+        row.bind(entry.at.timeIntervalSince1970)
+        row.bind(entry.event.rawValue)
+        row.bind(entry.procedureID)
+        row.bind(entry.patientID)
+        row.bind(entry.stepID)
+        row.bind(entry.channel)
+        row.bind(entry.sender)
+        row.bind(entry.destination)
+        row.bind(entry.attempt)
+        row.bind(entry.startedAt?.timeIntervalSince1970)
+        row.bind(entry.endedAt?.timeIntervalSince1970)
+        row.bind(entry.outcome)
+        row.bind(entry.responseCode)
+        row.bind(entry.error)
+        row.bind(entry.latencyMilliseconds)
+        row.bind(entry.actor)
+        row.bind(entry.detail)
+        row.bind(hash)
+        try row.run()
         head = hash
         nextSeq += 1
     }

@@ -78,7 +78,7 @@ extension ReminderStore {
                     sql: """
                         SELECT r.procedure_id, r.step_id, r.nominal_at, r.due_at, r.expires_at, r.attempts,
                             p.protocol_id, p.performed_at, p.patient_json
-                        FROM reminder r JOIN procedure p ON p.id = r.procedure_id
+                        FROM reminder r INDEXED BY reminder_due JOIN procedure p ON p.id = r.procedure_id
                         WHERE r.state = 'scheduled' AND r.due_at <= ?
                         ORDER BY r.due_at LIMIT ?
                         """
@@ -142,6 +142,13 @@ extension ReminderStore {
                     at: now, event: .attempt, procedureID: reminder.procedure.id,
                     patientID: reminder.procedure.patient.id, stepID: reminder.stepID
                 )
+                /// A state-change row for this reminder.
+                func stateRow(_ event: LogEvent, _ detail: String) -> LogEntry {
+                    var entry = base
+                    entry.event = event
+                    entry.detail = detail
+                    return entry
+                }
                 var state: ReminderState
                 var dueAt = reminder.dueAt
                 var attempts = reminder.attempt - 1
@@ -188,49 +195,26 @@ extension ReminderStore {
                         dueAt = at
                         entries[entries.count - 1].detail = "next try at \(Timestamp.format(at, in: .gmt))"
                     case .expired(let reason):
-                        state = .expired
-                        lastError = reason
-                        var expired = base
-                        expired.event = .expired
-                        expired.detail = reason
-                        entries.append(expired)
+                        (state, lastError) = (.expired, reason)
+                        entries.append(stateRow(.expired, reason))
                     case .dead(let reason):
-                        state = .dead
-                        lastError = reason
-                        var dead = base
-                        dead.event = .dead
-                        dead.detail = reason
+                        (state, lastError) = (.dead, reason)
+                        var dead = stateRow(.dead, reason)
                         dead.attempt = reminder.attempt
                         entries.append(dead)
                     }
                 case .expired(let reason):
-                    state = .expired
-                    lastError = reason
-                    var entry = base
-                    entry.event = .expired
-                    entry.detail = reason
-                    entries.append(entry)
+                    (state, lastError) = (.expired, reason)
+                    entries.append(stateRow(.expired, reason))
                 case .deferred(let until, let reason):
-                    state = .scheduled
-                    dueAt = until
-                    var entry = base
-                    entry.event = .deferred
-                    entry.detail = reason
-                    entries.append(entry)
+                    (state, dueAt) = (.scheduled, until)
+                    entries.append(stateRow(.deferred, reason))
                 case .skipped(let reason):
-                    state = .skipped
-                    lastError = reason
-                    var entry = base
-                    entry.event = .skipped
-                    entry.detail = reason
-                    entries.append(entry)
+                    (state, lastError) = (.skipped, reason)
+                    entries.append(stateRow(.skipped, reason))
                 case .dead(let reason):
-                    state = .dead
-                    lastError = reason
-                    var entry = base
-                    entry.event = .dead
-                    entry.detail = reason
-                    entries.append(entry)
+                    (state, lastError) = (.dead, reason)
+                    entries.append(stateRow(.dead, reason))
                 case .released:
                     state = .scheduled
                 }
@@ -263,7 +247,8 @@ extension ReminderStore {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT r.procedure_id, r.step_id, p.patient_id FROM reminder r JOIN procedure p ON p.id = r.procedure_id
+                    SELECT r.procedure_id, r.step_id, p.patient_id
+                    FROM reminder r INDEXED BY reminder_leased JOIN procedure p ON p.id = r.procedure_id
                     WHERE r.state = 'claimed' AND (? OR r.lease_expires_at <= ?)
                     """,
                 arguments: [all, now.timeIntervalSince1970]
@@ -293,7 +278,7 @@ extension ReminderStore {
     /// When the earliest scheduled reminder falls due, if any.
     public func nextDueTime() async throws -> Date? {
         try await read { db in
-            try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder WHERE state = 'scheduled'")
+            try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'")
                 .map(Date.init(timeIntervalSince1970:))
         }
     }
@@ -301,7 +286,8 @@ extension ReminderStore {
     /// When the earliest lease lapses, if any claim is held.
     public func nextLeaseExpiry() async throws -> Date? {
         try await read { db in
-            try Double.fetchOne(db, sql: "SELECT MIN(lease_expires_at) FROM reminder WHERE state = 'claimed'")
+            try Double.fetchOne(
+                db, sql: "SELECT MIN(lease_expires_at) FROM reminder INDEXED BY reminder_leased WHERE state = 'claimed'")
                 .map(Date.init(timeIntervalSince1970:))
         }
     }

@@ -94,14 +94,36 @@ extension ReminderStore {
 
     /// The fingerprint that tells "the same procedure again" from "a different one under the same id".
     static func contentHash(_ procedure: Procedure) -> String {
-        let digest = SHA256.hash(data: IntakeCodec.encode(.procedure(procedure)))
-        return digest.map { String(format: "%02x", $0) }.joined()
+        // Every field, length-prefixed, in a fixed order: the same procedure always hashes the same.
+        var canonical = ""
+        func put(_ text: String) {
+            canonical += String(text.utf8.count) + ":" + text
+        }
+        put(procedure.id)
+        put(procedure.protocolID)
+        put(String(Int64((procedure.performedAt.timeIntervalSince1970 * 1e6).rounded())))
+        put(procedure.patient.id)
+        put(procedure.patient.firstName ?? "\u{0}")
+        put(procedure.patient.timeZone)
+        for route in procedure.patient.routes {
+            put(route.channel)
+            put(route.address)
+            put(route.optedOut ? "1" : "0")
+        }
+        return Hex.encode(SHA256.hash(data: Data(canonical.utf8)))
     }
 
+    /// The patient as stored: the JSON `Patient`'s `Codable` form reads back.
     static func encodePatient(_ patient: Patient) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(patient)) ?? Data(), as: UTF8.self)
+        var json = "{\"id\":" + JSONText.string(patient.id)
+        if let firstName = patient.firstName { json += ",\"first_name\":" + JSONText.string(firstName) }
+        json += ",\"time_zone\":" + JSONText.string(patient.timeZone) + ",\"routes\":["
+        for (index, route) in patient.routes.enumerated() {
+            if index > 0 { json += "," }
+            json += "{\"channel\":" + JSONText.string(route.channel) + ",\"to\":" + JSONText.string(route.address)
+                + ",\"opted_out\":" + (route.optedOut ? "true" : "false") + "}"
+        }
+        return json + "]}"
     }
 
     private static func apply(
@@ -152,12 +174,17 @@ extension ReminderStore {
                     """
             )
             var expired = 0
+            var row = FastInsert(insert, in: db)
             for reminder in planned {
-                try insert.execute(arguments: [
-                    procedure.id, reminder.stepID, reminder.nominalAt.timeIntervalSince1970,
-                    reminder.dueAt.timeIntervalSince1970, reminder.expiresAt.timeIntervalSince1970,
-                    reminder.state.rawValue, reminder.state == .expired ? reminder.note : nil, now.timeIntervalSince1970,
-                ])
+                row.bind(procedure.id)
+                row.bind(reminder.stepID)
+                row.bind(reminder.nominalAt.timeIntervalSince1970)
+                row.bind(reminder.dueAt.timeIntervalSince1970)
+                row.bind(reminder.expiresAt.timeIntervalSince1970)
+                row.bind(reminder.state.rawValue)
+                row.bind(reminder.state == .expired ? reminder.note : nil)
+                row.bind(now.timeIntervalSince1970)
+                try row.run()
                 if reminder.state == .expired { expired += 1 }
             }
             try log.append(

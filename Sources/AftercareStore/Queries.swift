@@ -52,11 +52,11 @@ extension ReminderStore {
                 procedures: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM procedure") ?? 0,
                 countsByState: counts,
                 dueNow: try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM reminder WHERE state = 'scheduled' AND due_at <= ?",
+                    db, sql: "SELECT COUNT(*) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled' AND due_at <= ?",
                     arguments: [now.timeIntervalSince1970]) ?? 0,
                 retrying: try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM reminder WHERE state = 'scheduled' AND attempts > 0") ?? 0,
-                nextDue: try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder WHERE state = 'scheduled'")
+                    db, sql: "SELECT COUNT(*) FROM reminder INDEXED BY reminder_retrying WHERE state = 'scheduled' AND attempts > 0") ?? 0,
+                nextDue: try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'")
                     .map(Date.init(timeIntervalSince1970:)),
                 lastDelivery: try Double.fetchOne(
                     db, sql: "SELECT MAX(updated_at) FROM reminder WHERE state = 'delivered'")

@@ -137,6 +137,7 @@ enum Schema {
                     ) WITHOUT ROWID;
                     CREATE INDEX reminder_due ON reminder(due_at) WHERE state = 'scheduled';
                     CREATE INDEX reminder_leased ON reminder(lease_expires_at) WHERE state = 'claimed';
+                    CREATE INDEX reminder_retrying ON reminder(due_at) WHERE state = 'scheduled' AND attempts > 0;
                     CREATE INDEX reminder_by_state ON reminder(state, updated_at);
 
                     CREATE TABLE delivery_log (

@@ -14,6 +14,17 @@ struct ConfigCommand: AsyncParsableCommand {
 
         @OptionGroup var options: ConfigOption
 
+        /// Outside the service there is no `$CREDENTIALS_DIRECTORY`: a credential named
+        /// `aftercare_<file>` (what the unit's `LoadCredential=aftercare:…/credentials` provides) is
+        /// read from `credentials/<file>` beside the configuration instead.
+        static func outsideSystemd(_ source: CredentialSource, config: AftercareConfiguration) -> CredentialSource {
+            guard case .credential(let name) = source, ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"] == nil,
+                name.hasPrefix("aftercare_")
+            else { return source }
+            let folder = URL(fileURLWithPath: config.file).deletingLastPathComponent().appendingPathComponent("credentials")
+            return .file(path: folder.appendingPathComponent(String(name.dropFirst("aftercare_".count))).path)
+        }
+
         func run() async throws {
             let config = try options.load()
             for (name, settings) in config.senders.sorted(by: { $0.key < $1.key }) {
@@ -26,7 +37,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 }
                 for source in sources {
                     do {
-                        _ = try Credentials.read(source)
+                        _ = try Credentials.read(Self.outsideSystemd(source, config: config))
                     } catch {
                         throw CLIError("sender '\(name)': \(error)")
                     }

@@ -185,7 +185,12 @@ struct CLITests {
 
         let second = try harness.startDaemon()
         defer { if second.isRunning { second.terminate() } }
-        #expect(harness.eventually(timeout: 60) { harness.outboxFiles().count == 3000 })
+        // The outbox alone is not the proof: a reminder written just before the kill but not yet
+        // recorded is sent again (same file name) by the second run. Wait for the store to agree.
+        #expect(harness.eventually(timeout: 60) {
+            harness.outboxFiles().count == 3000
+                && ((try? harness.run(["status"]).stdout.range(of: #"Delivered\s+3000\b"#, options: .regularExpression)) ?? nil) != nil
+        })
         second.terminate()
         second.waitUntilExit()
         #expect(second.terminationStatus == 0)

@@ -15,6 +15,7 @@ struct DaemonEndToEndTests {
         harness.start()
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-1", at: Self.afternoon))], label: "P-1")
         #expect(await harness.eventually { harness.outboxFiles() == ["P-1.activity", "P-1.ice"] })
+        #expect(await harness.deliveredCount(reaches: 2))
         await harness.settle()
         #expect(harness.outboxFiles() == ["P-1.activity", "P-1.ice"])
 
@@ -26,10 +27,13 @@ struct DaemonEndToEndTests {
         harness.clock.set(Self.afternoon.addingTimeInterval(86400))
         #expect(await harness.eventually { harness.outboxFiles().count == 4 })
         #expect(harness.outboxFiles() == ["P-1.activity", "P-1.checkin-24h", "P-1.ice", "P-1.resume-activity"])
+        #expect(await harness.deliveredCount(reaches: 4))
         harness.clock.set(Self.afternoon.addingTimeInterval(2 * 86400))
         #expect(await harness.eventually { harness.outboxFiles().count == 5 })
+        #expect(await harness.deliveredCount(reaches: 5))
         harness.clock.set(Self.afternoon.addingTimeInterval(3 * 86400))
         #expect(await harness.eventually { harness.outboxFiles().count == 6 })
+        #expect(await harness.deliveredCount(reaches: 6))
         await harness.settle()
         try await harness.stop()
 

@@ -136,11 +136,31 @@ final class DaemonHarness: Sendable {
         return try condition()
     }
 
+    /// Waits until the store has recorded `count` deliveries (outcomes are recorded in groups, a
+    /// moment after the outbox file appears).
+    func deliveredCount(reaches count: Int) async -> Bool {
+        guard let store = try? store() else { return false }
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if let status = try? await store.status(now: clock.now()), status.count(.delivered) == count { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
     /// Waits until the daemon is asleep on the manual clock with nothing left to do now: the spool is
     /// empty and it sleeps on the clock. Lets a test assert that nothing more happens at this instant.
     func settle() async {
-        _ = await eventually(timeout: 10) {
-            (try? spool.pendingFiles().isEmpty) == true && clock.sleeperCount > 0
+        let store = try? store()
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            // Nothing claimed means every send under way has had its outcome recorded.
+            if (try? spool.pendingFiles().isEmpty) == true, clock.sleeperCount > 0,
+                let status = try? await store?.status(now: clock.now()), status.count(.claimed) == 0
+            {
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(20))
         }
         try? await Task.sleep(for: .milliseconds(100))
     }

@@ -75,12 +75,17 @@ public enum Timestamp {
         let days = local >= 0 ? local / 86400 : (local - 86399) / 86400
         let secondsOfDay = local - days * 86400
         let (year, month, day) = civilFromDays(days)
-        let sign = offset < 0 ? "-" : "+"
         let magnitude = abs(offset)
-        return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d%@%02d:%02d", year, month, day, secondsOfDay / 3600,
-            secondsOfDay % 3600 / 60, secondsOfDay % 60, sign, magnitude / 3600, magnitude % 3600 / 60
-        )
+        var out = pad(year, 4) + "-" + pad(month, 2) + "-" + pad(day, 2) + "T" + pad(secondsOfDay / 3600, 2) + ":"
+        out += pad(secondsOfDay % 3600 / 60, 2) + ":" + pad(secondsOfDay % 60, 2)
+        out += (offset < 0 ? "-" : "+") + pad(magnitude / 3600, 2) + ":" + pad(magnitude % 3600 / 60, 2)
+        return out
+    }
+
+    /// `value` in decimal, zero-padded to `width` digits.
+    static func pad(_ value: Int, _ width: Int) -> String {
+        let digits = String(value)
+        return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
     }
 
     static func daysIn(month: Int, year: Int) -> Int {

@@ -41,6 +41,13 @@ public struct Intake: Sendable {
         var retryAt: Date?
         var batch: [(Spool.PendingFile, IntakeBatchFile)] = []
         var batchRequests = 0
+        // One batch is applied (on the database's thread) while the next is read and parsed here.
+        var applying: Task<Bool, Never>?
+        func submit(_ ready: [(Spool.PendingFile, IntakeBatchFile)]) async -> Bool {
+            if let previous = applying, !(await previous.value) { return false }
+            applying = Task { await apply(ready) }
+            return true
+        }
         for file in files {
             let data: Data
             do {
@@ -64,12 +71,13 @@ public struct Intake: Sendable {
             batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: Self.actor(file.ownerUID, data: data))))
             batchRequests += requests.count
             if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
-                if !(await apply(batch)) { return clock.now().addingTimeInterval(5) }
+                if !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
                 batch.removeAll(keepingCapacity: true)
                 batchRequests = 0
             }
         }
-        if !batch.isEmpty, !(await apply(batch)) { return clock.now().addingTimeInterval(5) }
+        if !batch.isEmpty, !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
+        if let last = applying, !(await last.value) { return clock.now().addingTimeInterval(5) }
         return retryAt
     }
 
