@@ -44,6 +44,8 @@ let package = Package(
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
+        // glibc's heap controls (mallopt, malloc_trim): the daemon returns freed memory after bursts.
+        .systemLibrary(name: "CMalloc"),
         // The curl wrapper, the Sender protocol and the shipped senders.
         .target(
             name: "AftercareDelivery",
@@ -63,6 +65,7 @@ let package = Package(
                 "AftercareConfig",
                 "AftercareStore",
                 "AftercareDelivery",
+                "CMalloc",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -68,6 +68,7 @@ public final class AftercareDaemon: Service, Sendable {
     }
 
     public func run() async throws {
+        HeapTrim.limitArenas()
         let config: AftercareConfiguration
         do {
             config = try AftercareConfiguration.load(path: configPath)
@@ -180,6 +181,7 @@ public final class AftercareDaemon: Service, Sendable {
             logger.info(
                 "dispatched \(outcomes.count) reminder(s)",
                 metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
+            HeapTrim.release()
         }
 
         try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
@@ -325,7 +327,9 @@ public final class AftercareDaemon: Service, Sendable {
     private func ingestSpool(spool: Spool, store: ReminderStore) async -> Date? {
         guard let current = runtime.withLock({ $0 }) else { return nil }
         let intake = Intake(spool: spool, store: store, config: current.config, clock: clock, logger: logger)
-        return await intake.run()
+        let retryAt = await intake.run()
+        HeapTrim.release(force: true)
+        return retryAt
     }
 
     private func reload(store: ReminderStore) async {

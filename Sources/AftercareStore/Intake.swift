@@ -139,7 +139,7 @@ extension ReminderStore {
         case .procedure(let procedure):
             let hash = contentHash(procedure)
             if let existing = try String.fetchOne(
-                db, sql: "SELECT content_hash FROM procedure WHERE id = ?", arguments: [procedure.id])
+                db.cachedStatement(sql: "SELECT content_hash FROM procedure WHERE id = ?"), arguments: [procedure.id])
             {
                 guard existing == hash else {
                     throw IntakeError(
@@ -158,15 +158,22 @@ extension ReminderStore {
                 error.procedureID = procedure.id
                 throw error
             }
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
-                        status, ingested_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)
-                    """
-            ).execute(arguments: [
-                procedure.id, procedure.protocolID, procedure.performedAt.timeIntervalSince1970, procedure.patient.id,
-                encodePatient(procedure.patient), hash, now.timeIntervalSince1970, now.timeIntervalSince1970,
-            ])
+            var procedureRow = FastInsert(
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
+                            status, ingested_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)
+                        """
+                ), in: db)
+            procedureRow.bind(procedure.id)
+            procedureRow.bind(procedure.protocolID)
+            procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
+            procedureRow.bind(procedure.patient.id)
+            procedureRow.bind(encodePatient(procedure.patient))
+            procedureRow.bind(hash)
+            procedureRow.bind(now.timeIntervalSince1970)
+            procedureRow.bind(now.timeIntervalSince1970)
+            try procedureRow.run()
             let insert = try db.cachedStatement(
                 sql: """
                     INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,

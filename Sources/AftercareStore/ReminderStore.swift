@@ -34,6 +34,7 @@ public final class ReminderStore: Sendable {
             if !db.configuration.readonly {
                 // Durability before a spool file is removed: commits reach the disk.
                 try db.execute(sql: "PRAGMA synchronous = FULL")
+                try db.execute(sql: "PRAGMA cache_size = -4096")
             }
         }
         if readOnly {

@@ -1,0 +1,2 @@
+// glibc's heap controls (mallopt, malloc_trim), which the Glibc module does not export.
+#include <malloc.h>
