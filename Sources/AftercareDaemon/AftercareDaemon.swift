@@ -131,6 +131,7 @@ public final class AftercareDaemon: Service, Sendable {
     /// (something was signalled, a due time or lease expiry came, or outcomes wait to be recorded).
     private enum PipelineEvent: Sendable {
         case resolved(ClaimedReminder, Resolution)
+        case recorded
         case tick
     }
 
@@ -152,7 +153,7 @@ public final class AftercareDaemon: Service, Sendable {
 
     /// The dispatch pipeline. Up to `max_concurrent` sends are under way at once; as they finish,
     /// more due reminders are claimed (in batches, under a lease) and outcomes are recorded in
-    /// groups. Between times the pipeline sleeps until the next due time, a lease expiry, or a
+    /// groups, one group at a time, while the sends go on. Between times the pipeline sleeps until the next due time, a lease expiry, or a
     /// signal. The watchdog is pinged from here, so a stalled pipeline trips it.
     private func dispatchLoop(store: ReminderStore) async throws {
         var lastStatus = ContinuousClock.now - .seconds(60)
@@ -162,26 +163,26 @@ public final class AftercareDaemon: Service, Sendable {
         var tickerRunning = false
         var dueExhausted = false
         var graceDeadline: ContinuousClock.Instant?
+        var ticked = true
+        var nextLeaseCheck = ContinuousClock.now
         let flushEvery = Duration.milliseconds(20)
 
-        func record() async {
-            guard !finished.isEmpty else { return }
+        var recording = false
+        var recoveryWanted = false
+
+        /// Records the outcomes in hand as one group, in a child task, so sends and claims go on
+        /// meanwhile; the next group waits until this one is written.
+        func startRecording(_ group: inout ThrowingTaskGroup<PipelineEvent, any Error>) {
+            guard !recording, !finished.isEmpty else { return }
             let outcomes = finished
             finished.removeAll(keepingCapacity: true)
             firstUnrecorded = nil
-            var tally: [String: Int] = [:]
-            for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
-            do {
-                let fenced = try await store.record(outcomes, now: clock.now())
-                if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
-            } catch {
-                // Not recorded: the leases lapse and the reminders come back (at-least-once, never lost).
-                logger.error("cannot record \(outcomes.count) outcome(s): \(error); they come back when their lease lapses")
+            recording = true
+            group.addTask { [self] in
+                // Not cancelled with the sends when the grace period ends: the outcomes must land.
+                await Task { await self.record(outcomes, store: store) }.value
+                return .recorded
             }
-            logger.info(
-                "dispatched \(outcomes.count) reminder(s)",
-                metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
-            HeapTrim.release()
         }
 
         try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
@@ -206,15 +207,31 @@ public final class AftercareDaemon: Service, Sendable {
 
                 if !stopping {
                     do {
-                        if let lapse = try await store.nextLeaseExpiry(), lapse <= now {
-                            // Outcomes already in hand belong to live claims: record them before the
-                            // lapsed ones (a clock that jumped forward) go back to the queue.
-                            await record()
-                            let count = try await store.recoverClaims(now: now)
-                            if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
+                        // Leases last minutes: look for lapsed ones when the ticker fires (a due time,
+                        // a signal, the clock moving) and otherwise at most once a second, not after
+                        // every finished send.
+                        let checkLeases = ticked || ContinuousClock.now >= nextLeaseCheck
+                        if checkLeases {
+                            nextLeaseCheck = .now + .seconds(1)
+                            ticked = false
+                        }
+                        if checkLeases, let lapse = try await store.nextLeaseExpiry(), lapse <= now {
+                            recoveryWanted = true
+                        }
+                        if recoveryWanted {
+                            // Outcomes already in hand belong to live claims: they are recorded before
+                            // the lapsed ones (a clock that jumped forward) go back to the queue, and
+                            // nothing new is claimed until then.
+                            if recording || !finished.isEmpty {
+                                startRecording(&group)
+                            } else {
+                                recoveryWanted = false
+                                let count = try await store.recoverClaims(now: now)
+                                if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
+                            }
                         }
                         // Claim in batches, and only when a batch's worth of room (or all of it) is free.
-                        if !dueExhausted && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
+                        if !dueExhausted && !recoveryWanted && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
                             let room = limit - inFlight
                             var wanted = min(dispatch.batchSize, room)
                             while wanted > 0 {
@@ -246,16 +263,18 @@ public final class AftercareDaemon: Service, Sendable {
                 if let first = firstUnrecorded, ContinuousClock.now - first >= flushEvery || inFlight == 0
                     || finished.count >= dispatch.batchSize
                 {
-                    await record()
+                    startRecording(&group)
                 }
                 if ContinuousClock.now - lastStatus > .seconds(5) {
                     lastStatus = .now
                     if let line = try? await statusLine(store) { notifier.status(line) }
                 }
                 if stopping && inFlight == 0 {
-                    await record()
-                    group.cancelAll()
-                    return
+                    startRecording(&group)
+                    if !recording {
+                        group.cancelAll()
+                        return
+                    }
                 }
 
                 if !tickerRunning {
@@ -285,6 +304,9 @@ public final class AftercareDaemon: Service, Sendable {
                 case .tick?:
                     tickerRunning = false
                     dueExhausted = false
+                    ticked = true
+                case .recorded?:
+                    recording = false
                 case .resolved(let reminder, let resolution)?:
                     inFlight -= 1
                     finished.append((reminder, resolution))
@@ -298,6 +320,23 @@ public final class AftercareDaemon: Service, Sendable {
                 }
             }
         }
+    }
+
+    /// Writes one group of outcomes (state changes and log rows, one transaction).
+    private func record(_ outcomes: [(ClaimedReminder, Resolution)], store: ReminderStore) async {
+        var tally: [String: Int] = [:]
+        for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
+        do {
+            let fenced = try await store.record(outcomes, now: clock.now())
+            if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
+        } catch {
+            // Not recorded: the leases lapse and the reminders come back (at-least-once, never lost).
+            logger.error("cannot record \(outcomes.count) outcome(s): \(error); they come back when their lease lapses")
+        }
+        logger.info(
+            "dispatched \(outcomes.count) reminder(s)",
+            metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
+        HeapTrim.release()
     }
 
     /// Whether the pipeline has room for another claim: a batch's worth (or a quarter of the limit,

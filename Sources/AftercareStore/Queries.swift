@@ -63,9 +63,25 @@ extension ReminderStore {
                     .map(Date.init(timeIntervalSince1970:)),
                 failuresLastDay: try Int.fetchOne(
                     db,
-                    sql: "SELECT COUNT(*) FROM delivery_log WHERE event = 'attempt' AND outcome != 'delivered' AND at >= ?",
+                    sql: """
+                        SELECT COUNT(*) FROM delivery_log INDEXED BY log_failures
+                        WHERE event = 'attempt' AND outcome != 'delivered' AND at >= ?
+                        """,
                     arguments: [now.timeIntervalSince1970 - 86400]) ?? 0
             )
+        }
+    }
+
+    /// Reminders due by `now` and not yet settled: scheduled and due, or claimed. Cheap at any size
+    /// (two partial indexes), for watching a backlog drain.
+    public func dueOrClaimedCount(now: Date) async throws -> Int {
+        try await read { db in
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT (SELECT COUNT(*) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled' AND due_at <= ?)
+                         + (SELECT COUNT(*) FROM reminder INDEXED BY reminder_leased WHERE state = 'claimed')
+                    """, arguments: [now.timeIntervalSince1970]) ?? 0
         }
     }
 

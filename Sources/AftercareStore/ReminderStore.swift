@@ -165,6 +165,7 @@ enum Schema {
                     CREATE INDEX log_by_procedure ON delivery_log(procedure_id, seq);
                     CREATE INDEX log_by_patient ON delivery_log(patient_id, seq);
                     CREATE INDEX log_by_time ON delivery_log(at);
+                    CREATE INDEX log_failures ON delivery_log(at) WHERE event = 'attempt' AND outcome != 'delivered';
 
                     -- The log is append-only: the database itself refuses edits and deletes. (Someone
                     -- with the file can drop these triggers; the hash chain is what proves tampering.)

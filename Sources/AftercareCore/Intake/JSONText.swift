@@ -34,24 +34,43 @@ public struct JSONText {
 
     public static func appendString(_ value: String, to out: inout String) {
         out += "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{2028}": out += "\\u2028"
-            case "\u{2029}": out += "\\u2029"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
+        // Runs that need no escaping are copied whole; only the bytes that must be escaped are
+        // looked at one by one (all ASCII, or the three-byte U+2028/U+2029, which start with E2).
+        let utf8 = value.utf8
+        let end = utf8.endIndex
+        var runStart = utf8.startIndex
+        var index = runStart
+        while index != end {
+            let byte = utf8[index]
+            var next = utf8.index(after: index)
+            var escape: String?
+            switch byte {
+            case 0x22: escape = "\\\""
+            case 0x5C: escape = "\\\\"
+            case 0x0A: escape = "\\n"
+            case 0x0D: escape = "\\r"
+            case 0x09: escape = "\\t"
+            case 0x00..<0x20:
+                let hex = String(byte, radix: 16)
+                escape = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            case 0xE2:
+                if next != end, utf8[next] == 0x80 {
+                    let third = utf8.index(after: next)
+                    if third != end, utf8[third] == 0xA8 || utf8[third] == 0xA9 {
+                        escape = utf8[third] == 0xA8 ? "\\u2028" : "\\u2029"
+                        next = utf8.index(after: third)
+                    }
                 }
+            default: break
             }
+            if let escape {
+                out += value[runStart..<index]
+                out += escape
+                runStart = next
+            }
+            index = next
         }
+        out += value[runStart..<end]
         out += "\""
     }
 

@@ -89,15 +89,16 @@ public final class CurlEngine: Sendable {
             await withCheckedContinuation { continuation in
                 let transfer = Transfer(request: request, continuation: continuation)
                 holder.withLock { $0 = transfer }
-                let accepted = shared.withLock { state -> Bool in
-                    guard !state.stopping else { return false }
+                // (accepted, the queue was empty): a non-empty queue has a wake-up on its way already.
+                let (accepted, wake) = shared.withLock { state -> (Bool, Bool) in
+                    guard !state.stopping else { return (false, false) }
                     state.queue.append(transfer)
-                    return true
+                    return (true, state.queue.count == 1)
                 }
-                if accepted {
-                    curl_multi_wakeup(multi)
-                } else {
+                if !accepted {
                     transfer.abandon("the delivery engine is shutting down")
+                } else if wake {
+                    curl_multi_wakeup(multi)
                 }
             }
         } onCancel: {
