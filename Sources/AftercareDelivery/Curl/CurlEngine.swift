@@ -314,8 +314,12 @@ private let transferHeader: aftercare_curl_data_callback = { buffer, size, count
         transfer.headers = [:]  // a new response (after 100 Continue, say): keep only the last one's headers
     } else if let colon = line.firstIndex(of: ":") {
         let name = line[..<colon].lowercased()
-        let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
-        transfer.headers[name] = value
+        // Header values end in CRLF and may be padded with spaces or tabs (RFC 9110, 5.5).
+        let isPadding: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r\n" || $0 == "\r" || $0 == "\n" }
+        var value = line[line.index(after: colon)...]
+        while let first = value.first, isPadding(first) { value.removeFirst() }
+        while let last = value.last, isPadding(last) { value.removeLast() }
+        transfer.headers[name] = String(value)
     }
     return length
 }
