@@ -138,6 +138,8 @@ struct PlannerTests {
         let plan = PlanFixture.plan(procedure, now: now)
         #expect(plan["now"]!.state == .expired)
         #expect(plan["now"]!.note == "window closed at 2026-11-24T15:00:00-05:00 before it could be sent")
+        // Shown at the time it was due, beside the window it missed, not at the time it was entered.
+        #expect(plan["now"]!.dueAt == procedure.performedAt)
         #expect(plan["plus24"]!.state == .scheduled)
         #expect(plan["plus24"]!.dueAt == now)
         #expect(plan["plus24"]!.expiresAt == procedure.performedAt.addingTimeInterval(36 * 3600))

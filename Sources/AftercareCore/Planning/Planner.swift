@@ -26,8 +26,9 @@ public enum Planner {
             let candidate = max(nominal, now)
             let due = allowedTime(for: step, at: candidate, zone: zone, policy: policy)
             if candidate > expires {
+                // It was due at its own time; shown that way, next to the window it missed.
                 return PlannedReminder(
-                    stepID: step.id, nominalAt: nominal, dueAt: candidate, expiresAt: expires, state: .expired,
+                    stepID: step.id, nominalAt: nominal, dueAt: nominal, expiresAt: expires, state: .expired,
                     note: "window closed at \(Timestamp.format(expires, in: zone)) before it could be sent"
                 )
             }
