@@ -10,7 +10,6 @@
 // Each prints what it measured and how. Nothing here runs in the test suite.
 import Foundation
 
-
 let arguments = Array(CommandLine.arguments.dropFirst())
 let known: Set<String> = ["all", "ingest", "memory", "delivery", "audit"]
 if arguments.contains("--help") || arguments.contains("-h") {

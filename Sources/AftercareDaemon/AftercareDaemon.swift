@@ -153,8 +153,9 @@ public final class AftercareDaemon: Service, Sendable {
 
     /// The dispatch pipeline. Up to `max_concurrent` sends are under way at once; as they finish,
     /// more due reminders are claimed (in batches, under a lease) and outcomes are recorded in
-    /// groups, one group at a time, while the sends go on. Between times the pipeline sleeps until the next due time, a lease expiry, or a
-    /// signal. The watchdog is pinged from here, so a stalled pipeline trips it.
+    /// groups, one group at a time, while the sends go on. Between times the pipeline sleeps until
+    /// the next due time, a lease expiry, or a signal. The watchdog is pinged from here, so a stalled
+    /// pipeline trips it.
     private func dispatchLoop(store: ReminderStore) async throws {
         var lastStatus = ContinuousClock.now - .seconds(60)
         var finished: [(ClaimedReminder, Resolution)] = []

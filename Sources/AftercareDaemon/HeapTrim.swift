@@ -12,11 +12,11 @@ enum HeapTrim {
 
     private static let lastTrim = Mutex<ContinuousClock.Instant?>(nil)
 
-    /// Returns free heap to the system; at most once per `interval` unless `force`d.
-    static func release(force: Bool = false, interval: Duration = .seconds(2)) {
+    /// Returns free heap to the system; at most once every two seconds unless `force`d.
+    static func release(force: Bool = false) {
         let due = lastTrim.withLock { last -> Bool in
             let now = ContinuousClock.now
-            if !force, let last, now - last < interval { return false }
+            if !force, let last, now - last < .seconds(2) { return false }
             last = now
             return true
         }

@@ -277,10 +277,12 @@ extension ReminderStore {
 
     /// When the earliest scheduled reminder falls due, if any.
     public func nextDueTime() async throws -> Date? {
-        try await read { db in
-            try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'")
-                .map(Date.init(timeIntervalSince1970:))
-        }
+        try await read { db in try Self.earliestDue(db) }
+    }
+
+    static func earliestDue(_ db: Database) throws -> Date? {
+        try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'")
+            .map(Date.init(timeIntervalSince1970:))
     }
 
     /// When the earliest lease lapses, if any claim is held.

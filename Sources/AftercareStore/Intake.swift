@@ -115,15 +115,19 @@ extension ReminderStore {
 
     /// The patient as stored: the JSON `Patient`'s `Codable` form reads back.
     static func encodePatient(_ patient: Patient) -> String {
-        var json = "{\"id\":" + JSONText.string(patient.id)
-        if let firstName = patient.firstName { json += ",\"first_name\":" + JSONText.string(firstName) }
-        json += ",\"time_zone\":" + JSONText.string(patient.timeZone) + ",\"routes\":["
-        for (index, route) in patient.routes.enumerated() {
-            if index > 0 { json += "," }
-            json += "{\"channel\":" + JSONText.string(route.channel) + ",\"to\":" + JSONText.string(route.address)
-                + ",\"opted_out\":" + (route.optedOut ? "true" : "false") + "}"
+        var json = JSONText()
+        json.field("id", patient.id)
+        if let firstName = patient.firstName { json.field("first_name", firstName) }
+        json.field("time_zone", patient.timeZone)
+        let routes = patient.routes.map { route in
+            var object = JSONText()
+            object.field("channel", route.channel)
+            object.field("to", route.address)
+            object.field("opted_out", route.optedOut)
+            return object.finished()
         }
-        return json + "]}"
+        json.raw("routes", "[" + routes.joined(separator: ",") + "]")
+        return json.finished()
     }
 
     private static func apply(

@@ -56,8 +56,7 @@ extension ReminderStore {
                     arguments: [now.timeIntervalSince1970]) ?? 0,
                 retrying: try Int.fetchOne(
                     db, sql: "SELECT COUNT(*) FROM reminder INDEXED BY reminder_retrying WHERE state = 'scheduled' AND attempts > 0") ?? 0,
-                nextDue: try Double.fetchOne(db, sql: "SELECT MIN(due_at) FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'")
-                    .map(Date.init(timeIntervalSince1970:)),
+                nextDue: try Self.earliestDue(db),
                 lastDelivery: try Double.fetchOne(
                     db, sql: "SELECT MAX(updated_at) FROM reminder WHERE state = 'delivered'")
                     .map(Date.init(timeIntervalSince1970:)),

@@ -127,40 +127,30 @@ final class DaemonHarness: Sendable {
     func store() throws -> ReminderStore { try ReminderStore(path: state + "/aftercare.sqlite", readOnly: true) }
 
     /// Polls (in real time) until `condition` holds; false if it never did within `timeout` seconds.
-    func eventually(timeout: Double = 10, _ condition: () throws -> Bool) async rethrows -> Bool {
+    func eventually(timeout: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if try condition() { return true }
+            if try await condition() { return true }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return try condition()
+        return try await condition()
     }
 
     /// Waits until the store has recorded `count` deliveries (outcomes are recorded in groups, a
     /// moment after the outbox file appears).
     func deliveredCount(reaches count: Int) async -> Bool {
         guard let store = try? store() else { return false }
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            if let status = try? await store.status(now: clock.now()), status.count(.delivered) == count { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return false
+        return await eventually { (try? await store.status(now: clock.now()))?.count(.delivered) == count }
     }
 
     /// Waits until the daemon is asleep on the manual clock with nothing left to do now: the spool is
     /// empty and it sleeps on the clock. Lets a test assert that nothing more happens at this instant.
     func settle() async {
         let store = try? store()
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            // Nothing claimed means every send under way has had its outcome recorded.
-            if (try? spool.pendingFiles().isEmpty) == true, clock.sleeperCount > 0,
-                let status = try? await store?.status(now: clock.now()), status.count(.claimed) == 0
-            {
-                break
-            }
-            try? await Task.sleep(for: .milliseconds(20))
+        // Nothing claimed means every send under way has had its outcome recorded.
+        _ = await eventually {
+            guard (try? spool.pendingFiles().isEmpty) == true, clock.sleeperCount > 0 else { return false }
+            return (try? await store?.status(now: clock.now()))?.count(.claimed) == 0
         }
         try? await Task.sleep(for: .milliseconds(100))
     }

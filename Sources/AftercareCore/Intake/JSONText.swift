@@ -16,6 +16,11 @@ public struct JSONText {
         text += String(value)
     }
 
+    public mutating func field(_ name: String, _ value: Bool) {
+        key(name)
+        text += value ? "true" : "false"
+    }
+
     /// A field whose value is already JSON.
     public mutating func raw(_ name: String, _ json: String) {
         key(name)

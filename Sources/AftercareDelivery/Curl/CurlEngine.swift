@@ -315,10 +315,9 @@ private let transferHeader: aftercare_curl_data_callback = { buffer, size, count
     } else if let colon = line.firstIndex(of: ":") {
         let name = line[..<colon].lowercased()
         // Header values end in CRLF and may be padded with spaces or tabs (RFC 9110, 5.5).
-        let isPadding: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r\n" || $0 == "\r" || $0 == "\n" }
         var value = line[line.index(after: colon)...]
-        while let first = value.first, isPadding(first) { value.removeFirst() }
-        while let last = value.last, isPadding(last) { value.removeLast() }
+        while value.first?.isWhitespace == true { value.removeFirst() }
+        while value.last?.isWhitespace == true { value.removeLast() }
         transfer.headers[name] = String(value)
     }
     return length
