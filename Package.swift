@@ -120,6 +120,7 @@ let package = Package(
             name: "AftercareDaemonTests",
             dependencies: [
                 "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore", "AftercareDelivery",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

@@ -131,9 +131,13 @@ public final class AftercareDaemon: Service, Sendable {
     /// (something was signalled, a due time or lease expiry came, or outcomes wait to be recorded).
     private enum PipelineEvent: Sendable {
         case resolved(ClaimedReminder, Resolution)
-        case recorded
+        /// A group of outcomes was written; `unwritten` holds it back when the store refused it.
+        case recorded(unwritten: [(ClaimedReminder, Resolution)])
         case tick
     }
+
+    /// How long the pipeline waits before it tries the store again after an error.
+    static let storageRetry = Duration.seconds(5)
 
     /// Picks the spool up whenever inotify says something arrived, independently of delivery, so a
     /// slow receiver never holds back intake.
@@ -170,25 +174,53 @@ public final class AftercareDaemon: Service, Sendable {
 
         var recording = false
         var recoveryWanted = false
+        // Set while the store refuses work (a full disk, an I/O error, a lock held by another
+        // process): the pipeline tries again after a pause and, meanwhile, stops feeding the watchdog,
+        // so a fault that never clears ends in a restart by systemd instead of a daemon that only
+        // looks alive.
+        var storageFailingSince: ContinuousClock.Instant?
+        var storageRetryAt: ContinuousClock.Instant?
+        // Outcomes the store refused are waiting to be written: only writing them clears the fault.
+        var outcomesRefused = false
+        func storageFailed(_ what: String, _ error: any Error) {
+            if storageFailingSince == nil {
+                storageFailingSince = .now
+                logger.error("\(what) failed: \(error); retrying every \(Self.storageRetry), watchdog paused")
+            } else {
+                logger.warning("\(what) still failing: \(error)")
+            }
+            storageRetryAt = .now + Self.storageRetry
+        }
+        func storageWorked() {
+            if let since = storageFailingSince {
+                logger.notice("the store works again after \(ContinuousClock.now - since); delivery resumes")
+            }
+            storageFailingSince = nil
+            storageRetryAt = nil
+        }
+        var storagePaused: Bool {
+            guard let retryAt = storageRetryAt else { return false }
+            return ContinuousClock.now < retryAt
+        }
 
         /// Records the outcomes in hand as one group, in a child task, so sends and claims go on
         /// meanwhile; the next group waits until this one is written.
         func startRecording(_ group: inout ThrowingTaskGroup<PipelineEvent, any Error>) {
-            guard !recording, !finished.isEmpty else { return }
+            guard !recording, !finished.isEmpty, !storagePaused else { return }
             let outcomes = finished
             finished.removeAll(keepingCapacity: true)
             firstUnrecorded = nil
             recording = true
             group.addTask { [self] in
                 // Not cancelled with the sends when the grace period ends: the outcomes must land.
-                await Task { await self.record(outcomes, store: store) }.value
-                return .recorded
+                let written = await Task { await self.record(outcomes, store: store) }.value
+                return .recorded(unwritten: written ? [] : outcomes)
             }
         }
 
         try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
             while true {
-                notifier.watchdogPing()
+                if storageFailingSince == nil { notifier.watchdogPing() }
                 guard let current = runtime.withLock({ $0 }) else { return }
                 let dispatch = current.config.dispatch
                 let limit = max(1, dispatch.maxConcurrent)
@@ -204,9 +236,19 @@ public final class AftercareDaemon: Service, Sendable {
                     // as released and stay due.
                     group.cancelAll()
                 }
+                if let deadline = graceDeadline, ContinuousClock.now >= deadline, inFlight == 0, !recording,
+                    storageFailingSince != nil
+                {
+                    // Stopping, and the store still refuses the outcomes in hand: they cannot be
+                    // kept. Their claims come back at the next start (at-least-once, never lost).
+                    logger.error("stopping with \(finished.count) outcome(s) unrecorded: the store still fails")
+                    group.cancelAll()
+                    return
+                }
                 let now = clock.now()
 
-                if !stopping {
+                if !stopping && !storagePaused {
+                    var usedStore = false
                     do {
                         // Leases last minutes: look for lapsed ones when the ticker fires (a due time,
                         // a signal, the clock moving) and otherwise at most once a second, not after
@@ -216,8 +258,9 @@ public final class AftercareDaemon: Service, Sendable {
                             nextLeaseCheck = .now + .seconds(1)
                             ticked = false
                         }
-                        if checkLeases, let lapse = try await store.nextLeaseExpiry(), lapse <= now {
-                            recoveryWanted = true
+                        if checkLeases {
+                            usedStore = true
+                            if let lapse = try await store.nextLeaseExpiry(), lapse <= now { recoveryWanted = true }
                         }
                         if recoveryWanted {
                             // Outcomes already in hand belong to live claims: they are recorded before
@@ -227,6 +270,7 @@ public final class AftercareDaemon: Service, Sendable {
                                 startRecording(&group)
                             } else {
                                 recoveryWanted = false
+                                usedStore = true
                                 let count = try await store.recoverClaims(now: now)
                                 if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
                             }
@@ -236,6 +280,7 @@ public final class AftercareDaemon: Service, Sendable {
                             let room = limit - inFlight
                             var wanted = min(dispatch.batchSize, room)
                             while wanted > 0 {
+                                usedStore = true
                                 let claimed = try await store.claimDue(
                                     now: now, limit: wanted, leaseSeconds: dispatch.leaseSeconds)
                                 let dispatcher = Dispatcher(runtime: current, clock: clock, logger: logger)
@@ -253,11 +298,11 @@ public final class AftercareDaemon: Service, Sendable {
                                 wanted = min(dispatch.batchSize, limit - inFlight)
                             }
                         }
+                        if usedStore && !outcomesRefused { storageWorked() }
                     } catch {
-                        // A database error (a full disk, a lock held too long): claims lapse and come back.
-                        logger.error("dispatch failed, retrying in 5 s: \(error)")
-                        await wakeup.wait(until: clock.now().addingTimeInterval(5), realTimeLimit: .seconds(5), clock: clock)
-                        continue
+                        // A database error (a full disk, a lock held too long): nothing is lost, the
+                        // claims already taken lapse and come back; try again after a pause.
+                        storageFailed("dispatch", error)
                     }
                 }
 
@@ -287,7 +332,11 @@ public final class AftercareDaemon: Service, Sendable {
                             .compactMap { $0 }.compactMap { $0 }.min()
                     }
                     var limitReal = notifier.watchdogInterval
-                    if firstUnrecorded != nil { limitReal = min(limitReal ?? flushEvery, flushEvery) }
+                    if let retryAt = storageRetryAt, storagePaused {
+                        limitReal = min(limitReal ?? Self.storageRetry, max(.milliseconds(1), retryAt - .now))
+                    } else if firstUnrecorded != nil {
+                        limitReal = min(limitReal ?? flushEvery, flushEvery)
+                    }
                     if let graceDeadline { limitReal = min(limitReal ?? .seconds(1), max(.milliseconds(1), graceDeadline - .now)) }
                     logger.trace("pipeline sleeps", metadata: [
                         "until": "\(deadline.map { Timestamp.format($0, in: .gmt) } ?? "-")", "inFlight": "\(inFlight)",
@@ -306,8 +355,18 @@ public final class AftercareDaemon: Service, Sendable {
                     tickerRunning = false
                     dueExhausted = false
                     ticked = true
-                case .recorded?:
+                case .recorded(let unwritten)?:
                     recording = false
+                    outcomesRefused = !unwritten.isEmpty
+                    if unwritten.isEmpty {
+                        storageWorked()
+                    } else {
+                        // Kept, in order, ahead of newer outcomes, and written once the store works
+                        // again; lapsed leases are not recovered until then.
+                        finished.insert(contentsOf: unwritten, at: 0)
+                        if firstUnrecorded == nil { firstUnrecorded = .now }
+                        storageFailed("recording outcomes", StoreFailure(count: unwritten.count))
+                    }
                 case .resolved(let reminder, let resolution)?:
                     inFlight -= 1
                     finished.append((reminder, resolution))
@@ -323,21 +382,23 @@ public final class AftercareDaemon: Service, Sendable {
         }
     }
 
-    /// Writes one group of outcomes (state changes and log rows, one transaction).
-    private func record(_ outcomes: [(ClaimedReminder, Resolution)], store: ReminderStore) async {
+    /// Writes one group of outcomes (state changes and log rows, one transaction). Returns false if
+    /// the store refused them; the caller keeps them and tries again.
+    private func record(_ outcomes: [(ClaimedReminder, Resolution)], store: ReminderStore) async -> Bool {
         var tally: [String: Int] = [:]
         for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
         do {
             let fenced = try await store.record(outcomes, now: clock.now())
             if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
         } catch {
-            // Not recorded: the leases lapse and the reminders come back (at-least-once, never lost).
-            logger.error("cannot record \(outcomes.count) outcome(s): \(error); they come back when their lease lapses")
+            logger.error("cannot record \(outcomes.count) outcome(s): \(error); kept, to be written when the store works")
+            return false
         }
         logger.info(
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
         HeapTrim.release()
+        return true
     }
 
     /// Whether the pipeline has room for another claim: a batch's worth (or a quarter of the limit,
@@ -425,6 +486,12 @@ public final class AftercareDaemon: Service, Sendable {
         }
         return line
     }
+}
+
+/// Outcomes the store would not take (the store's own error is logged where it happened).
+private struct StoreFailure: Error, CustomStringConvertible {
+    var count: Int
+    var description: String { "\(count) outcome(s) not written" }
 }
 
 /// A daemon start-up or run failure, as one line.

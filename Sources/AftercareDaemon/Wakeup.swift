@@ -15,10 +15,14 @@ enum WakeReason: Sendable, Hashable {
 }
 
 /// Lets the scheduler sleep until its next deadline while anything else can wake it early.
+///
+/// Any number of tasks may wait at once (the pipeline's ticker and a back-off after a storage error,
+/// say): a signal wakes them all, and cancelling one waiter resumes only that one.
 final class Wakeup: Sendable {
     private struct State {
         var pending: Set<WakeReason> = []
-        var waiter: CheckedContinuation<Void, Never>?
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter: UInt64 = 0
         /// Counts signals, so a waiter created earlier knows it missed one even if the reasons were
         /// already taken by someone else.
         var generation: UInt64 = 0
@@ -26,15 +30,15 @@ final class Wakeup: Sendable {
 
     private let state = Mutex(State())
 
-    /// Wakes the scheduler (now, or as soon as it next waits) and remembers why.
+    /// Wakes every waiter (now, or the next one as soon as it waits) and remembers why.
     func signal(_ reason: WakeReason) {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.pending.insert(reason)
             state.generation &+= 1
-            defer { state.waiter = nil }
-            return state.waiter
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Takes the reasons signalled since the last call.
@@ -49,6 +53,9 @@ final class Wakeup: Sendable {
 
     /// The current signal count; pass it to `wait(…since:)` to return at once on any later signal.
     var generation: UInt64 { state.withLock { $0.generation } }
+
+    /// How many tasks wait for a signal right now (for tests).
+    var waiterCount: Int { state.withLock { $0.waiters.count } }
 
     /// Returns at `deadline` on `clock`, after `realTimeLimit` of real time (the watchdog's cadence),
     /// or as soon as something is signalled, whichever is first.
@@ -67,21 +74,22 @@ final class Wakeup: Sendable {
     }
 
     private func waitForSignal(since: UInt64?) async {
+        let id = state.withLock { state -> UInt64 in
+            defer { state.nextWaiter &+= 1 }
+            return state.nextWaiter
+        }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state in
                     if !state.pending.isEmpty || Task.isCancelled { return true }
                     if let since, since != state.generation { return true }
-                    state.waiter = continuation
+                    state.waiters[id] = continuation
                     return false
                 }
                 if resumeNow { continuation.resume() }
             }
         } onCancel: {
-            let waiter = state.withLock { state in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
+            let waiter = state.withLock { state in state.waiters.removeValue(forKey: id) }
             waiter?.resume()
         }
     }

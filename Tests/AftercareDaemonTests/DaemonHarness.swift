@@ -26,6 +26,7 @@ final class DaemonHarness: Sendable {
         start: Date,
         quietHours: (String, String)? = nil,
         dispatchExtra: String = "",
+        notifier: any ServiceManagerNotifier = SilentNotifier(),
         makeSender: SenderMaker? = nil
     ) throws {
         root = NSTemporaryDirectory() + "aftercare-daemon-tests-" + UUID().uuidString
@@ -73,7 +74,7 @@ final class DaemonHarness: Sendable {
         var logger = Logger(label: "aftercare-test")
         logger.logLevel = ProcessInfo.processInfo.environment["AFTERCARE_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
         daemon = AftercareDaemon(
-            configPath: root + "/aftercare.toml", clock: clock, logger: logger, handlesSIGHUP: false,
+            configPath: root + "/aftercare.toml", clock: clock, logger: logger, notifier: notifier, handlesSIGHUP: false,
             makeSender: makeSender ?? { name, settings, _ in
                 guard case .file(let outbox) = settings else { throw DaemonError("unexpected sender \(name)") }
                 return try FileSender(outbox: URL(fileURLWithPath: outbox))
@@ -188,4 +189,22 @@ final class RecordingSender: Sender {
     }
 
     func shutdown() async {}
+}
+
+/// A service manager that counts what the daemon tells it, with a watchdog armed.
+final class RecordingNotifier: ServiceManagerNotifier {
+    private let pings = Mutex(0)
+    private let lines = Mutex<[String]>([])
+    let watchdogInterval: Duration?
+
+    init(watchdogInterval: Duration? = .milliseconds(200)) { self.watchdogInterval = watchdogInterval }
+
+    var pingCount: Int { pings.withLock { $0 } }
+    var statusLines: [String] { lines.withLock { $0 } }
+
+    func ready(status: String?) { if let status { lines.withLock { $0.append("READY " + status) } } }
+    func status(_ text: String) { lines.withLock { $0.append(text) } }
+    func reloading(status: String?) {}
+    func stopping(status: String?) {}
+    func watchdogPing() { pings.withLock { $0 += 1 } }
 }
