@@ -360,8 +360,8 @@ public final class AftercareDaemon: Service, Sendable {
             let versions = runtime.withLock { $0.map { Array($0.protocolVersions.values) } ?? [] }
             try await store.rememberProtocols(versions, now: now)
             if let head = try await store.logHead() {
-                logger.notice(
-                    "delivery log head: row \(head.seq) hash \(head.hash) (verify with 'aftercare audit verify --expect-head \(head.seq):\(head.hash)')")
+                let anchor = "\(head.seq):\(head.hash)"
+                logger.notice("delivery log head: row \(head.seq) hash \(head.hash) (--expect-head \(anchor))")
             } else {
                 logger.notice("delivery log head: the log is empty")
             }

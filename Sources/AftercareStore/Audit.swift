@@ -124,7 +124,8 @@ extension ReminderStore {
             }
             guard
                 let last = try Int64.fetchOne(
-                    db, sql: "SELECT MAX(seq) FROM delivery_log WHERE at < ?", arguments: [before.timeIntervalSince1970]),
+                    db, sql: "SELECT MAX(seq) FROM delivery_log WHERE at < ?",
+                    arguments: [before.timeIntervalSince1970]),
                 let head = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM delivery_log")
             else { return PruneResult(removed: 0, head: nil, keptForPending: nil) }
             let pending = try Int64.fetchOne(
@@ -141,7 +142,8 @@ extension ReminderStore {
             }
             let first = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log") ?? 1
             guard cut >= first,
-                let anchor = try String.fetchOne(db, sql: "SELECT hash FROM delivery_log WHERE seq = ?", arguments: [cut])
+                let anchor = try String.fetchOne(
+                    db, sql: "SELECT hash FROM delivery_log WHERE seq = ?", arguments: [cut])
             else { return PruneResult(removed: 0, head: nil, keptForPending: keptForPending) }
             try db.execute(sql: "INSERT OR REPLACE INTO store_flag (name, value) VALUES ('pruning', 1)")
             try db.execute(sql: "DELETE FROM delivery_log WHERE seq <= ?", arguments: [cut])

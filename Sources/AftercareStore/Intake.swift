@@ -333,7 +333,9 @@ extension ReminderStore {
                 arguments = [exact(parts[0]), exact(parts.count > 1 ? parts[1] : "")]
                 let state = try String.fetchOne(
                     db,
-                    sql: "SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)",
+                    sql: """
+                        SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                        """,
                     arguments: arguments)
                 guard let state else {
                     throw IntakeError(procedureID: parts[0], problem: "no reminder \(id)")
@@ -392,7 +394,8 @@ extension ReminderStore {
             let row = try Row.fetchOne(
                 db,
                 sql: """
-                    SELECT CAST(protocol_id AS BLOB) AS protocol_id, performed_at, CAST(patient_json AS BLOB) AS patient_json
+                    SELECT CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
+                        CAST(patient_json AS BLOB) AS patient_json
                     FROM procedure WHERE id = CAST(? AS TEXT)
                     """,
                 arguments: [exact(id)])
@@ -405,7 +408,8 @@ extension ReminderStore {
     static func decodeProcedure(id: String, row: Row) throws -> Procedure {
         let patient = try JSONDecoder().decode(Patient.self, from: row["patient_json"] as Data)
         return Procedure(
-            id: id, protocolID: row.text("protocol_id") ?? "", performedAt: Date(timeIntervalSince1970: row["performed_at"]),
+            id: id, protocolID: row.text("protocol_id") ?? "",
+            performedAt: Date(timeIntervalSince1970: row["performed_at"]),
             patient: patient
         )
     }

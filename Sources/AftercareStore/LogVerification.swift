@@ -28,7 +28,8 @@ public struct LogAnchor: Sendable, Hashable, CustomStringConvertible {
         var seq: Int64?
         if parts.count == 2 {
             guard let number = Int64(parts[0]), number >= 1 else {
-                throw StoreError("'\(Self.shown(text))' is not a head: expected ROW:HASH or HASH (row a positive number)")
+                throw StoreError(
+                    "'\(Self.shown(text))' is not a head: expected ROW:HASH or HASH (row a positive number)")
             }
             seq = number
         }
@@ -163,7 +164,8 @@ extension ReminderStore {
             guard let anchoredSeq else {
                 return broken(
                     anchor.seq ?? expectedSeq,
-                    "the anchored head \(anchor) is not in the chain (pruned, truncated or rewritten since it was kept)")
+                    "the anchored head \(anchor) is not in the chain "
+                        + "(pruned, truncated or rewritten since it was kept)")
             }
             if let checkpoint, checkpoint.seq > anchoredSeq {
                 return broken(
@@ -172,7 +174,8 @@ extension ReminderStore {
                         + "vouched for is gone; if you ran that prune, anchor the head it printed instead")
             }
         }
-        return ChainReport(verdict: .intact(rows: count, head: previous), checkpoint: checkpoint, anchoredSeq: anchoredSeq)
+        return ChainReport(
+            verdict: .intact(rows: count, head: previous), checkpoint: checkpoint, anchoredSeq: anchoredSeq)
     }
 
     /// The first kept row and the hash before it, from a checkpoint's detail text.
@@ -187,7 +190,9 @@ extension ReminderStore {
     static func prunedRange(_ detail: String) -> ClosedRange<Int64>? {
         guard detail.hasPrefix("pruned rows ") else { return nil }
         let bounds = detail.dropFirst("pruned rows ".count).prefix { $0 != " " }.split(separator: "-")
-        guard bounds.count == 2, let low = Int64(bounds[0]), let high = Int64(bounds[1]), low <= high else { return nil }
+        guard bounds.count == 2, let low = Int64(bounds[0]), let high = Int64(bounds[1]), low <= high else {
+            return nil
+        }
         return low...high
     }
 

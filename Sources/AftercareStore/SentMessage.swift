@@ -100,7 +100,8 @@ extension ReminderStore {
                 throw StoreError("log row \(seq) is a '\(record.entry.event.rawValue)' row, not an attempt")
             }
             guard let messageHash = record.entry.messageHash else {
-                throw StoreError("log row \(seq) is an attempt from before messages were kept; its words were not recorded")
+                throw StoreError(
+                    "log row \(seq) is an attempt from before messages were kept; its words were not recorded")
             }
             let message = try Row.fetchOne(
                 db,
@@ -116,10 +117,12 @@ extension ReminderStore {
                         """,
                     arguments: [hash])
             {
-                version = ProtocolVersion(protocolID: stored.text("protocol_id") ?? "", content: stored.text("content") ?? "")
+                version = ProtocolVersion(
+                    protocolID: stored.text("protocol_id") ?? "", content: stored.text("content") ?? "")
             }
             return AttemptMessage(
-                record: record, subject: message?.text("subject"), body: message?.text("body"), protocolVersion: version)
+                record: record, subject: message?.text("subject"), body: message?.text("body"),
+                protocolVersion: version)
         }
     }
 

@@ -124,6 +124,25 @@ struct AuditCommand: AsyncParsableCommand {
         @Flag(help: "Also print the protocol version the message was rendered from.")
         var showProtocol = false
 
+        @Flag(help: "Print the subject and body byte for byte, control characters included.")
+        var raw = false
+
+        /// Control characters (other than line breaks and tabs) and bidi overrides as `\u{…}`, so
+        /// a hostile name in a message cannot drive the terminal.
+        func shown(_ text: String) -> String {
+            if raw { return text }
+            var out = ""
+            for scalar in text.unicodeScalars {
+                let value = scalar.value
+                let unsafe = scalar.properties.generalCategory == .control && value != 0x0A && value != 0x09
+                    || (0x202A...0x202E).contains(value) || (0x2066...0x2069).contains(value)
+                if unsafe { out += "\\u{" + String(value, radix: 16, uppercase: true) + "}" } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+            return out
+        }
+
         func run() async throws {
             guard let number = Int64(seq), number >= 1 else {
                 throw CLIError("'\(InputRules.printable(seq))' is not a row number")
@@ -137,7 +156,8 @@ struct AuditCommand: AsyncParsableCommand {
             }
             let entry = message.record.entry
             guard let subject = message.subject, let body = message.body else {
-                throw CLIError("row \(number): the text with hash \(entry.messageHash ?? "?") is missing from the store")
+                throw CLIError(
+                    "row \(number): the text with hash \(entry.messageHash ?? "?") is missing from the store")
             }
             guard message.textMatches else {
                 throw CLIError(
@@ -156,12 +176,12 @@ struct AuditCommand: AsyncParsableCommand {
                 print("protocol: version \(version) (its content is not in the store)")
             }
             print("message sha256: \(entry.messageHash ?? "?") (matches)")
-            print("subject: \(subject)")
+            print("subject: \(shown(subject))")
             print("body:")
-            print(body)
+            print(shown(body))
             if showProtocol, let stored = message.protocolVersion {
                 print("protocol content:")
-                print(stored.content)
+                print(shown(stored.content))
             }
             if message.protocolVersion != nil, !message.protocolMatches {
                 throw CLIError("row \(number): the stored protocol content does NOT match version \(version)")
@@ -217,8 +237,8 @@ struct AuditCommand: AsyncParsableCommand {
                 throw CLIError("\(error)")
             }
             guard let head = result.head else {
-                print("nothing to prune before \(before)"
-                    + (result.keptForPending.map { "; rows from \($0) on belong to procedures with reminders pending" } ?? ""))
+                let kept = result.keptForPending.map { "; rows from \($0) on belong to procedures with reminders pending" }
+                print("nothing to prune before \(before)" + (kept ?? ""))
                 return
             }
             var line = "pruned \(result.removed) row(s); checkpoint appended"
