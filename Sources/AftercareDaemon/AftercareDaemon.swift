@@ -30,6 +30,8 @@ public final class AftercareDaemon: Service, Sendable {
     private let shuttingDown = Mutex(false)
     private let runtime: Mutex<Runtime?> = Mutex(nil)
     private let handlesSIGHUP: Bool
+    /// When the log head was last written to the journal.
+    private let lastWitness: Mutex<Date?> = Mutex(nil)
 
     /// - Parameters:
     ///   - configPath: the TOML configuration to load (and re-load on SIGHUP).
@@ -88,6 +90,7 @@ public final class AftercareDaemon: Service, Sendable {
         }
         let recovered = try await store.recoverClaims(now: clock.now(), all: true)
         if recovered > 0 { logger.notice("returned \(recovered) claimed reminder(s) from an earlier run to the queue") }
+        await witnessStore(store, force: true)
         let watcher = try SpoolWatcher(folder: spool.incoming.path) { [intakeWakeup] in intakeWakeup.signal(.spool) }
         defer { watcher.stop() }
         let firstRetryAt = await ingestSpool(spool: spool, store: store)
@@ -398,7 +401,34 @@ public final class AftercareDaemon: Service, Sendable {
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
         HeapTrim.release()
+        await witnessStore(store)
         return true
+    }
+
+    /// Writes the delivery log's head to the journal (at start, then at most hourly on the injected
+    /// clock as outcomes are recorded), so the journal is a witness the database cannot rewrite:
+    /// `aftercare audit verify --expect-head` holds the log to any head it printed. Also keeps the
+    /// loaded protocol versions in the store.
+    private func witnessStore(_ store: ReminderStore, force: Bool = false) async {
+        let now = clock.now()
+        let due = lastWitness.withLock { last -> Bool in
+            guard force || last.map({ now.timeIntervalSince($0) >= 3600 }) ?? true else { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        do {
+            let versions = runtime.withLock { $0.map { Array($0.protocolVersions.values) } ?? [] }
+            try await store.rememberProtocols(versions, now: now)
+            if let head = try await store.logHead() {
+                let anchor = "\(head.seq):\(head.hash)"
+                logger.notice("delivery log head: row \(head.seq) hash \(head.hash) (--expect-head \(anchor))")
+            } else {
+                logger.notice("delivery log head: the log is empty")
+            }
+        } catch {
+            logger.warning("cannot witness the delivery log head: \(error)")
+        }
     }
 
     /// Whether the pipeline has room for another claim: a batch's worth (or a quarter of the limit,
@@ -458,6 +488,8 @@ public final class AftercareDaemon: Service, Sendable {
                 )
             )
             logger.notice("configuration reloaded")
+            // The new protocol versions are kept before any attempt can name them.
+            await witnessStore(store, force: true)
             notifier.ready(status: (try? await statusLine(store)) ?? "configuration reloaded")
         } catch {
             logger.error("reload refused, keeping the running configuration: \(error)")

@@ -76,7 +76,7 @@ extension ReminderStore {
                 conditions.append("at < ?")
                 arguments += [value.timeIntervalSince1970]
             }
-            var sql = "SELECT * FROM delivery_log"
+            var sql = "SELECT \(Self.logColumns) FROM delivery_log"
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
             sql += " ORDER BY seq"
             if let limit = filter.limit {
@@ -100,22 +100,51 @@ extension ReminderStore {
     }
 
     /// Removes rows older than `before` and appends a checkpoint row, itself part of the chain, that
-    /// names the first kept row and the hash it follows, so what remains still verifies. Returns how
-    /// many rows were removed.
-    @discardableResult
-    public func pruneLog(before: Date, now: Date, actor: String) async throws -> Int {
-        try await transaction { db in
+    /// names the first kept row and the hash it follows, so what remains still verifies.
+    ///
+    /// Refused, with nothing removed, when the chain does not verify (a prune would turn tampering
+    /// into an "intact" log) or when `before` is in the future. Always kept: the newest row (the
+    /// chain needs a head) and every row from the first one about a procedure that still has a
+    /// reminder scheduled or under way, so the story of a patient still in care stays whole.
+    public func pruneLog(before: Date, now: Date, actor: String) async throws -> PruneResult {
+        guard before <= now else {
+            throw StoreError(
+                "the cut-off \(Timestamp.format(before, in: .gmt)) is in the future; only rows older than now "
+                    + "(\(Timestamp.format(now, in: .gmt))) can be pruned")
+        }
+        return try await transaction { db in
+            let report = try Self.walkChain(db, anchor: nil)
+            guard case .intact = report.verdict else {
+                if case .broken(let seq, let reason) = report.verdict {
+                    throw StoreError(
+                        "the delivery log is BROKEN at row \(seq) (\(reason)); nothing pruned, since pruning would "
+                            + "hide it. Keep a copy of the database and investigate ('aftercare audit verify')")
+                }
+                return PruneResult(removed: 0, head: nil, keptForPending: nil)
+            }
             guard
                 let last = try Int64.fetchOne(
-                    db, sql: "SELECT MAX(seq) FROM delivery_log WHERE at < ?", arguments: [before.timeIntervalSince1970])
-            else { return 0 }
-            // Rows after the cut-off stay, and so does the newest row (the chain needs a head).
-            let head = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM delivery_log") ?? last
-            let cut = min(last, head - 1)
-            guard cut >= 1,
-                let anchor = try String.fetchOne(db, sql: "SELECT hash FROM delivery_log WHERE seq = ?", arguments: [cut])
-            else { return 0 }
+                    db, sql: "SELECT MAX(seq) FROM delivery_log WHERE at < ?",
+                    arguments: [before.timeIntervalSince1970]),
+                let head = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM delivery_log")
+            else { return PruneResult(removed: 0, head: nil, keptForPending: nil) }
+            let pending = try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT MIN(seq) FROM delivery_log WHERE procedure_id IN
+                        (SELECT procedure_id FROM reminder WHERE state IN ('scheduled', 'claimed'))
+                    """)
+            var cut = min(last, head - 1)
+            var keptForPending: Int64?
+            if let pending, pending - 1 < cut {
+                cut = pending - 1
+                keptForPending = pending
+            }
             let first = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log") ?? 1
+            guard cut >= first,
+                let anchor = try String.fetchOne(
+                    db, sql: "SELECT hash FROM delivery_log WHERE seq = ?", arguments: [cut])
+            else { return PruneResult(removed: 0, head: nil, keptForPending: keptForPending) }
             try db.execute(sql: "INSERT OR REPLACE INTO store_flag (name, value) VALUES ('pruning', 1)")
             try db.execute(sql: "DELETE FROM delivery_log WHERE seq <= ?", arguments: [cut])
             let removed = db.changesCount
@@ -128,7 +157,19 @@ extension ReminderStore {
                         + "chain resumes at row \(cut + 1) after hash \(anchor)"
                 )
             )
-            return removed
+            let newHead = try Row.fetchOne(db, sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1")
+                .map { LogAnchor(seq: $0["seq"], hash: $0["hash"]) }
+            return PruneResult(removed: removed, head: newHead, keptForPending: keptForPending)
         }
     }
+}
+
+/// What a prune did.
+public struct PruneResult: Sendable, Hashable {
+    /// How many rows were removed (0: nothing was old enough, and no checkpoint was written).
+    public var removed: Int
+    /// The new head, the checkpoint row, to keep outside the database; `nil` when nothing was removed.
+    public var head: LogAnchor?
+    /// The first row kept only because its procedure still has a reminder pending, if that held the cut back.
+    public var keptForPending: Int64?
 }

@@ -6,7 +6,7 @@ public enum AuditFormat {
     /// The columns of the CSV and JSON forms, in order.
     public static let columns = ["seq", "at", "event", "procedure_id", "patient_id", "step_id", "channel", "sender",
                           "destination", "attempt", "started_at", "ended_at", "outcome", "response_code", "error",
-                          "latency_ms", "actor", "detail", "hash"]
+                          "latency_ms", "actor", "detail", "protocol_version", "message_hash", "hash"]
 
     static func fields(_ record: LogRecord, unmask: Bool) -> [String?] {
         let entry = record.entry
@@ -16,7 +16,7 @@ public enum AuditFormat {
             entry.channel, entry.sender, entry.destination.map { unmask ? $0 : ContactMask.mask($0) },
             entry.attempt.map(String.init), time(entry.startedAt), time(entry.endedAt), entry.outcome,
             entry.responseCode.map(String.init), entry.error, entry.latencyMilliseconds.map { String(format: "%.3f", $0) },
-            entry.actor, entry.detail, record.hash,
+            entry.actor, entry.detail, entry.protocolVersion, entry.messageHash, record.hash,
         ]
     }
 

@@ -58,12 +58,17 @@ public struct LogEntry: Sendable, Hashable {
     /// Who asked for the change (a Unix user for staff requests), when not the daemon itself.
     public var actor: String?
     public var detail: String?
+    /// For attempts: the content address of the protocol version the message was rendered from.
+    public var protocolVersion: String?
+    /// For attempts: the SHA-256 of the exact subject and body sent (``SentMessage/hash``).
+    public var messageHash: String?
 
     public init(
         at: Date, event: LogEvent, procedureID: String? = nil, patientID: String? = nil, stepID: String? = nil,
         channel: String? = nil, sender: String? = nil, destination: String? = nil, attempt: Int? = nil,
         startedAt: Date? = nil, endedAt: Date? = nil, outcome: String? = nil, responseCode: Int? = nil,
-        error: String? = nil, latencyMilliseconds: Double? = nil, actor: String? = nil, detail: String? = nil
+        error: String? = nil, latencyMilliseconds: Double? = nil, actor: String? = nil, detail: String? = nil,
+        protocolVersion: String? = nil, messageHash: String? = nil
     ) {
         self.at = at
         self.event = event
@@ -82,6 +87,8 @@ public struct LogEntry: Sendable, Hashable {
         self.latencyMilliseconds = latencyMilliseconds
         self.actor = actor
         self.detail = detail
+        self.protocolVersion = protocolVersion
+        self.messageHash = messageHash
     }
 }
 
@@ -93,7 +100,9 @@ public enum LogChain {
     public static let genesis = String(repeating: "0", count: 64)
 
     /// The canonical encoding of a row: every field in a fixed order, each as its decimal UTF-8 byte
-    /// length, `:`, and its bytes, or `-` when null; times as integer microseconds since 1970.
+    /// length, `:`, and its bytes, or `-` when null; times as integer microseconds since 1970. The
+    /// protocol version and message hash (added in schema 2) follow only when one of them is set, so
+    /// rows written before they existed encode, and verify, exactly as they always did.
     public static func canonical(seq: Int64, _ entry: LogEntry) -> Data {
         var out = Data()
         out.reserveCapacity(256)
@@ -126,6 +135,10 @@ public enum LogChain {
         put(entry.latencyMilliseconds.map { String(Int64(($0 * 1000).rounded())) })
         put(entry.actor)
         put(entry.detail)
+        if entry.protocolVersion != nil || entry.messageHash != nil {
+            put(entry.protocolVersion)
+            put(entry.messageHash)
+        }
         return out
     }
 
@@ -159,8 +172,8 @@ struct LogAppender {
             sql: """
                 INSERT INTO delivery_log (seq, at, event, procedure_id, patient_id, step_id, channel, sender,
                     destination, attempt, started_at, ended_at, outcome, response_code, error, latency_ms, actor,
-                    detail, hash)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    detail, protocol_version, message_hash, hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """
         )
     }
@@ -192,6 +205,8 @@ struct LogAppender {
         row.bind(entry.latencyMilliseconds)
         row.bind(entry.actor)
         row.bind(entry.detail)
+        row.bind(entry.protocolVersion)
+        row.bind(entry.messageHash)
         row.bind(hash)
         try row.run()
         head = hash

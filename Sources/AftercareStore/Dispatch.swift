@@ -53,10 +53,12 @@ public struct Attempt: Sendable {
     public var result: SendResult
     /// Routes passed over before this one because the patient opted out of them.
     public var optedOutChannels: [String]
+    /// The exact words sent and the protocol version they came from, kept with the attempt row.
+    public var message: SentMessage?
 
     public init(
         channel: String, sender: String, destination: String, startedAt: Date, endedAt: Date, result: SendResult,
-        optedOutChannels: [String] = []
+        optedOutChannels: [String] = [], message: SentMessage? = nil
     ) {
         self.channel = channel
         self.sender = sender
@@ -65,6 +67,7 @@ public struct Attempt: Sendable {
         self.endedAt = endedAt
         self.result = result
         self.optedOutChannels = optedOutChannels
+        self.message = message
     }
 }
 
@@ -76,8 +79,10 @@ extension ReminderStore {
             let rows = try Row.fetchAll(
                 db.cachedStatement(
                     sql: """
-                        SELECT r.procedure_id, r.step_id, r.nominal_at, r.due_at, r.expires_at, r.attempts,
-                            p.protocol_id, p.performed_at, p.patient_json
+                        SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
+                            r.nominal_at, r.due_at, r.expires_at, r.attempts,
+                            CAST(p.protocol_id AS BLOB) AS protocol_id, p.performed_at,
+                            CAST(p.patient_json AS BLOB) AS patient_json
                         FROM reminder r INDEXED BY reminder_due JOIN procedure p ON p.id = r.procedure_id
                         WHERE r.state = 'scheduled' AND r.due_at <= ?
                         ORDER BY r.due_at LIMIT ?
@@ -96,18 +101,21 @@ extension ReminderStore {
             var claimed: [ClaimedReminder] = []
             claimed.reserveCapacity(rows.count)
             let decoder = JSONDecoder()
+            var claim = FastInsert(update, in: db)
             for row in rows {
-                let procedureID: String = row["procedure_id"]
-                let stepID: String = row["step_id"]
-                try update.execute(arguments: [
-                    token, now.timeIntervalSince1970 + leaseSeconds, now.timeIntervalSince1970, procedureID, stepID,
-                ])
-                let json: String = row["patient_json"]
-                let patient = try decoder.decode(Patient.self, from: Data(json.utf8))
+                let procedureID = row.text("procedure_id") ?? ""
+                let stepID = row.text("step_id") ?? ""
+                claim.bind(token)
+                claim.bind(now.timeIntervalSince1970 + leaseSeconds)
+                claim.bind(now.timeIntervalSince1970)
+                claim.bind(procedureID)
+                claim.bind(stepID)
+                try claim.run()
+                let patient = try decoder.decode(Patient.self, from: row["patient_json"] as Data)
                 claimed.append(
                     ClaimedReminder(
                         procedure: Procedure(
-                            id: procedureID, protocolID: row["protocol_id"],
+                            id: procedureID, protocolID: row.text("protocol_id") ?? "",
                             performedAt: Date(timeIntervalSince1970: row["performed_at"]), patient: patient
                         ),
                         stepID: stepID, nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
@@ -124,19 +132,24 @@ extension ReminderStore {
     /// Records how claimed reminders left the dispatcher, with their log rows, in one transaction.
     /// Each update is fenced by its lease token: if the lease lapsed and someone else took the
     /// reminder (or it was cancelled meanwhile), the attempt is still logged but the state is left as
-    /// the newer holder set it. Returns how many were fenced off.
+    /// the newer holder set it, with one exception: a delivery is the truth about the patient, so a
+    /// `delivered` outcome marks a cancelled, re-queued or re-claimed reminder delivered. An
+    /// attempt's exact words and protocol version are stored with its row. Returns how many outcomes
+    /// were fenced off (logged, not applied).
     @discardableResult
     public func record(_ outcomes: [(ClaimedReminder, Resolution)], now: Date) async throws -> Int {
         try await transaction { db in
             var log = try LogAppender(db)
+            var texts = try ProtocolKeeper(db)
             var fenced = 0
-            let update = try db.cachedStatement(
-                sql: """
-                    UPDATE reminder SET state = ?, due_at = ?, attempts = ?, last_error = ?, lease_token = NULL,
-                        lease_expires_at = NULL, updated_at = ?
-                    WHERE procedure_id = ? AND step_id = ? AND state = 'claimed' AND lease_token = ?
-                    """
-            )
+            var update = FastInsert(
+                try db.cachedStatement(
+                    sql: """
+                        UPDATE reminder SET state = ?, due_at = ?, attempts = ?, last_error = ?, lease_token = NULL,
+                            lease_expires_at = NULL, updated_at = ?
+                        WHERE procedure_id = ? AND step_id = ? AND state = 'claimed' AND lease_token = ?
+                        """
+                ), in: db)
             for (reminder, resolution) in outcomes {
                 let base = LogEntry(
                     at: now, event: .attempt, procedureID: reminder.procedure.id,
@@ -173,6 +186,10 @@ extension ReminderStore {
                     entry.endedAt = attempt.endedAt
                     entry.latencyMilliseconds = attempt.endedAt.timeIntervalSince(attempt.startedAt) * 1000
                     entry.responseCode = attempt.result.responseCode
+                    if let message = attempt.message {
+                        entry.messageHash = try texts.keep(message, now: now)
+                        entry.protocolVersion = message.protocolVersion.hash
+                    }
                     switch attempt.result.outcome {
                     case .delivered(let detail):
                         entry.outcome = "delivered"
@@ -218,24 +235,74 @@ extension ReminderStore {
                 case .released:
                     state = .scheduled
                 }
-                try update.execute(arguments: [
-                    state.rawValue, dueAt.timeIntervalSince1970, attempts, lastError, now.timeIntervalSince1970,
-                    reminder.procedure.id, reminder.stepID, reminder.leaseToken,
-                ])
+                update.bind(state.rawValue)
+                update.bind(dueAt.timeIntervalSince1970)
+                update.bind(attempts)
+                update.bind(lastError)
+                update.bind(now.timeIntervalSince1970)
+                update.bind(reminder.procedure.id)
+                update.bind(reminder.stepID)
+                update.bind(reminder.leaseToken)
+                try update.run()
                 if db.changesCount == 0 {
-                    fenced += 1
-                    // The attempt happened and is logged; the reminder's state belongs to whoever holds it now.
-                    for index in entries.indices where entries[index].event != .attempt {
-                        entries[index].detail = (entries[index].detail ?? "") + " (not applied: lease lost)"
-                    }
-                    if let index = entries.firstIndex(where: { $0.event == .attempt }) {
-                        entries[index].detail = (entries[index].detail.map { $0 + "; " } ?? "") + "lease lost before recording"
+                    let attemptIndex = entries.firstIndex { $0.event == .attempt }
+                    if state == .delivered, let attemptIndex,
+                        let note = try Self.deliveredAfterLosingLease(reminder, attempts: attempts, now: now, db: db)
+                    {
+                        entries[attemptIndex].detail = (entries[attemptIndex].detail.map { $0 + "; " } ?? "") + note
+                    } else {
+                        fenced += 1
+                        // The attempt happened and is logged; the reminder's state belongs to whoever holds it now.
+                        for index in entries.indices where entries[index].event != .attempt {
+                            entries[index].detail = (entries[index].detail ?? "") + " (not applied: lease lost)"
+                        }
+                        if let attemptIndex {
+                            entries[attemptIndex].detail = (entries[attemptIndex].detail.map { $0 + "; " } ?? "")
+                                + "lease lost before recording"
+                        }
                     }
                 }
                 for entry in entries { try log.append(entry) }
             }
             return fenced
         }
+    }
+
+    /// A delivery whose claim was cancelled, lapsed and re-queued, or re-claimed meanwhile: the
+    /// patient has the message, so the reminder becomes delivered (and is not sent again). Returns
+    /// what happened for the attempt row, or `nil` if the reminder had already settled otherwise
+    /// (delivered, expired, dead or skipped), which stands.
+    private static func deliveredAfterLosingLease(
+        _ reminder: ClaimedReminder, attempts: Int, now: Date, db: Database
+    ) throws -> String? {
+        // Bound as blobs and cast back, so ids compare byte for byte (GRDB binds text as C strings).
+        let current = try String.fetchOne(
+            db.cachedStatement(
+                sql: "SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)"),
+            arguments: [Data(reminder.procedure.id.utf8), Data(reminder.stepID.utf8)])
+        let note: String
+        switch current.flatMap(ReminderState.init(rawValue:)) {
+        case .cancelled: note = "delivered after cancel request: the message was already under way"
+        case .scheduled: note = "delivered after its lease lapsed: marked delivered, not sent again"
+        case .claimed:
+            note = "delivered after its lease lapsed and it was claimed again: marked delivered; "
+                + "the newer try does not change that"
+        default: return nil
+        }
+        var update = FastInsert(
+            try db.cachedStatement(
+                sql: """
+                    UPDATE reminder SET state = 'delivered', attempts = MAX(attempts, ?), last_error = NULL,
+                        lease_token = NULL, lease_expires_at = NULL, updated_at = ?
+                    WHERE procedure_id = ? AND step_id = ? AND state IN ('cancelled', 'scheduled', 'claimed')
+                    """
+            ), in: db)
+        update.bind(attempts)
+        update.bind(now.timeIntervalSince1970)
+        update.bind(reminder.procedure.id)
+        update.bind(reminder.stepID)
+        try update.run()
+        return note
     }
 
     /// Returns lapsed claims to the queue (a crashed or stalled dispatcher's work). With `all`, every
@@ -247,7 +314,8 @@ extension ReminderStore {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT r.procedure_id, r.step_id, p.patient_id
+                    SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
+                        CAST(p.patient_id AS BLOB) AS patient_id
                     FROM reminder r INDEXED BY reminder_leased JOIN procedure p ON p.id = r.procedure_id
                     WHERE r.state = 'claimed' AND (? OR r.lease_expires_at <= ?)
                     """,
@@ -255,18 +323,22 @@ extension ReminderStore {
             )
             guard !rows.isEmpty else { return 0 }
             var log = try LogAppender(db)
-            for row in rows {
-                try db.execute(
+            var update = FastInsert(
+                try db.cachedStatement(
                     sql: """
                         UPDATE reminder SET state = 'scheduled', lease_token = NULL, lease_expires_at = NULL,
                             updated_at = ? WHERE procedure_id = ? AND step_id = ? AND state = 'claimed'
-                        """,
-                    arguments: [now.timeIntervalSince1970, row["procedure_id"], row["step_id"]]
-                )
+                        """
+                ), in: db)
+            for row in rows {
+                update.bind(now.timeIntervalSince1970)
+                update.bind(row.text("procedure_id"))
+                update.bind(row.text("step_id"))
+                try update.run()
                 try log.append(
                     LogEntry(
-                        at: now, event: .recovered, procedureID: row["procedure_id"], patientID: row["patient_id"],
-                        stepID: row["step_id"],
+                        at: now, event: .recovered, procedureID: row.text("procedure_id"),
+                        patientID: row.text("patient_id"), stepID: row.text("step_id"),
                         detail: all ? "claim held at shutdown or crash returned to the queue" : "lease lapsed"
                     )
                 )

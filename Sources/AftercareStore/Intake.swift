@@ -143,7 +143,8 @@ extension ReminderStore {
         case .procedure(let procedure):
             let hash = contentHash(procedure)
             if let existing = try String.fetchOne(
-                db.cachedStatement(sql: "SELECT content_hash FROM procedure WHERE id = ?"), arguments: [procedure.id])
+                db.cachedStatement(sql: "SELECT content_hash FROM procedure WHERE id = CAST(? AS TEXT)"),
+                arguments: [exact(procedure.id)])
             {
                 guard existing == hash else {
                     throw IntakeError(
@@ -220,22 +221,28 @@ extension ReminderStore {
 
         case .cancel(let procedureID, let reason):
             let procedure = try loadProcedure(procedureID, db: db)
-            let pending = try String.fetchAll(
+            let pending = try Data.fetchAll(
                 db,
-                sql: "SELECT step_id FROM reminder WHERE procedure_id = ? AND state IN ('scheduled', 'claimed')",
-                arguments: [procedureID]
-            )
+                sql: """
+                    SELECT CAST(step_id AS BLOB) FROM reminder
+                    WHERE procedure_id = CAST(? AS TEXT) AND state IN ('scheduled', 'claimed')
+                    """,
+                arguments: [exact(procedureID)]
+            ).map { String(decoding: $0, as: UTF8.self) }
             try db.execute(
-                sql: "UPDATE procedure SET status = 'cancelled', updated_at = ? WHERE id = ?",
-                arguments: [now.timeIntervalSince1970, procedureID]
+                sql: "UPDATE procedure SET status = 'cancelled', updated_at = ? WHERE id = CAST(? AS TEXT)",
+                arguments: [now.timeIntervalSince1970, exact(procedureID)]
             )
             try db.execute(
                 sql: """
                     UPDATE reminder SET state = 'cancelled', lease_token = NULL, lease_expires_at = NULL,
-                        last_error = ?, updated_at = ?
-                    WHERE procedure_id = ? AND state IN ('scheduled', 'claimed')
+                        last_error = CAST(? AS TEXT), updated_at = ?
+                    WHERE procedure_id = CAST(? AS TEXT) AND state IN ('scheduled', 'claimed')
                     """,
-                arguments: [reason.map { "cancelled: \($0)" } ?? "cancelled", now.timeIntervalSince1970, procedureID]
+                arguments: [
+                    reason.map { exact("cancelled: \($0)") } ?? exact("cancelled"), now.timeIntervalSince1970,
+                    exact(procedureID),
+                ]
             )
             for step in pending {
                 try log.append(
@@ -249,7 +256,8 @@ extension ReminderStore {
 
         case .reschedule(let procedureID, let performedAt, let timeZone):
             var procedure = try loadProcedure(procedureID, db: db)
-            guard try String.fetchOne(db, sql: "SELECT status FROM procedure WHERE id = ?", arguments: [procedureID])
+            guard try String.fetchOne(
+                db, sql: "SELECT status FROM procedure WHERE id = CAST(? AS TEXT)", arguments: [exact(procedureID)])
                 == "active"
             else {
                 throw IntakeError(procedureID: procedureID, problem: "the procedure is cancelled; nothing to re-plan")
@@ -265,33 +273,39 @@ extension ReminderStore {
             }
             try db.execute(
                 sql: """
-                    UPDATE procedure SET performed_at = ?, patient_json = ?, content_hash = ?, updated_at = ?
-                    WHERE id = ?
+                    UPDATE procedure SET performed_at = ?, patient_json = CAST(? AS TEXT), content_hash = ?,
+                        updated_at = ?
+                    WHERE id = CAST(? AS TEXT)
                     """,
                 arguments: [
-                    procedure.performedAt.timeIntervalSince1970, encodePatient(procedure.patient),
-                    contentHash(procedure), now.timeIntervalSince1970, procedureID,
+                    procedure.performedAt.timeIntervalSince1970, exact(encodePatient(procedure.patient)),
+                    contentHash(procedure), now.timeIntervalSince1970, exact(procedureID),
                 ]
             )
             let current = try Row.fetchAll(
-                db, sql: "SELECT step_id, due_at FROM reminder WHERE procedure_id = ? AND state = 'scheduled'",
-                arguments: [procedureID]
+                db,
+                sql: """
+                    SELECT CAST(step_id AS BLOB) AS step_id, due_at FROM reminder
+                    WHERE procedure_id = CAST(? AS TEXT) AND state = 'scheduled'
+                    """,
+                arguments: [exact(procedureID)]
             )
             let zone = procedure.patientTimeZone
             for row in current {
-                let step: String = row["step_id"]
+                let step = row.text("step_id") ?? ""
                 guard let reminder = planned.first(where: { $0.stepID == step }) else { continue }
                 let oldDue = Date(timeIntervalSince1970: row["due_at"])
                 try db.execute(
                     sql: """
-                        UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, state = ?, last_error = ?,
-                            updated_at = ?
-                        WHERE procedure_id = ? AND step_id = ? AND state = 'scheduled'
+                        UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, state = ?,
+                            last_error = CAST(? AS TEXT), updated_at = ?
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT) AND state = 'scheduled'
                         """,
                     arguments: [
                         reminder.nominalAt.timeIntervalSince1970, reminder.dueAt.timeIntervalSince1970,
                         reminder.expiresAt.timeIntervalSince1970, reminder.state.rawValue,
-                        reminder.state == .expired ? reminder.note : nil, now.timeIntervalSince1970, procedureID, step,
+                        reminder.state == .expired ? reminder.note.map(exact) : nil, now.timeIntervalSince1970,
+                        exact(procedureID), exact(step),
                     ]
                 )
                 try log.append(
@@ -307,17 +321,22 @@ extension ReminderStore {
 
         case .replay(let scope):
             var sql = """
-                SELECT r.procedure_id, r.step_id, r.expires_at, p.patient_id FROM reminder r
+                SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id, r.expires_at,
+                    CAST(p.patient_id AS BLOB) AS patient_id FROM reminder r
                 JOIN procedure p ON p.id = r.procedure_id WHERE r.state = 'dead'
                 """
             var arguments: StatementArguments = []
             switch scope {
             case .reminder(let id):
                 let parts = id.split(separator: ".", maxSplits: 1).map(String.init)
-                sql += " AND r.procedure_id = ? AND r.step_id = ?"
-                arguments = [parts[0], parts.count > 1 ? parts[1] : ""]
+                sql += " AND r.procedure_id = CAST(? AS TEXT) AND r.step_id = CAST(? AS TEXT)"
+                arguments = [exact(parts[0]), exact(parts.count > 1 ? parts[1] : "")]
                 let state = try String.fetchOne(
-                    db, sql: "SELECT state FROM reminder WHERE procedure_id = ? AND step_id = ?", arguments: arguments)
+                    db,
+                    sql: """
+                        SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                        """,
+                    arguments: arguments)
                 guard let state else {
                     throw IntakeError(procedureID: parts[0], problem: "no reminder \(id)")
                 }
@@ -326,42 +345,42 @@ extension ReminderStore {
                 }
             case .procedure(let id):
                 _ = try loadProcedure(id, db: db)
-                sql += " AND r.procedure_id = ?"
-                arguments = [id]
+                sql += " AND r.procedure_id = CAST(? AS TEXT)"
+                arguments = [exact(id)]
             case .deadSince(let date):
                 sql += " AND r.updated_at >= ?"
                 arguments = [date.timeIntervalSince1970]
             }
             for row in try Row.fetchAll(db, sql: sql, arguments: arguments) {
-                let procedureID: String = row["procedure_id"]
-                let step: String = row["step_id"]
+                let procedureID = row.text("procedure_id") ?? ""
+                let step = row.text("step_id") ?? ""
                 let expiresAt = Date(timeIntervalSince1970: row["expires_at"])
                 guard expiresAt > now else {
                     try log.append(
                         LogEntry(
-                            at: now, event: .expired, procedureID: procedureID, patientID: row["patient_id"],
+                            at: now, event: .expired, procedureID: procedureID, patientID: row.text("patient_id"),
                             stepID: step, actor: file.actor, detail: "replay asked after its window closed"
                         )
                     )
                     try db.execute(
                         sql: """
                             UPDATE reminder SET state = 'expired', last_error = 'window closed before replay',
-                                updated_at = ? WHERE procedure_id = ? AND step_id = ?
+                                updated_at = ? WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
                             """,
-                        arguments: [now.timeIntervalSince1970, procedureID, step]
+                        arguments: [now.timeIntervalSince1970, exact(procedureID), exact(step)]
                     )
                     continue
                 }
                 try db.execute(
                     sql: """
                         UPDATE reminder SET state = 'scheduled', due_at = ?, attempts = 0, last_error = NULL,
-                            updated_at = ? WHERE procedure_id = ? AND step_id = ?
+                            updated_at = ? WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
                         """,
-                    arguments: [now.timeIntervalSince1970, now.timeIntervalSince1970, procedureID, step]
+                    arguments: [now.timeIntervalSince1970, now.timeIntervalSince1970, exact(procedureID), exact(step)]
                 )
                 try log.append(
                     LogEntry(
-                        at: now, event: .replayed, procedureID: procedureID, patientID: row["patient_id"],
+                        at: now, event: .replayed, procedureID: procedureID, patientID: row.text("patient_id"),
                         stepID: step, actor: file.actor, detail: "re-queued by \(file.actor)"
                     )
                 )
@@ -373,7 +392,13 @@ extension ReminderStore {
     static func loadProcedure(_ id: String, db: Database) throws -> Procedure {
         guard
             let row = try Row.fetchOne(
-                db, sql: "SELECT protocol_id, performed_at, patient_json FROM procedure WHERE id = ?", arguments: [id])
+                db,
+                sql: """
+                    SELECT CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
+                        CAST(patient_json AS BLOB) AS patient_json
+                    FROM procedure WHERE id = CAST(? AS TEXT)
+                    """,
+                arguments: [exact(id)])
         else {
             throw IntakeError(procedureID: id, problem: "no such procedure")
         }
@@ -381,11 +406,15 @@ extension ReminderStore {
     }
 
     static func decodeProcedure(id: String, row: Row) throws -> Procedure {
-        let json: String = row["patient_json"]
-        let patient = try JSONDecoder().decode(Patient.self, from: Data(json.utf8))
+        let patient = try JSONDecoder().decode(Patient.self, from: row["patient_json"] as Data)
         return Procedure(
-            id: id, protocolID: row["protocol_id"], performedAt: Date(timeIntervalSince1970: row["performed_at"]),
+            id: id, protocolID: row.text("protocol_id") ?? "",
+            performedAt: Date(timeIntervalSince1970: row["performed_at"]),
             patient: patient
         )
     }
 }
+
+/// Text bound as its exact bytes, for SQL that casts it back with `CAST(? AS TEXT)`: GRDB binds a
+/// `String` as a C string, which would end an id at its first NUL and match a different row.
+func exact(_ text: String) -> Data { Data(text.utf8) }

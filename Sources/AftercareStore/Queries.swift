@@ -91,10 +91,11 @@ extension ReminderStore {
                 let row = try Row.fetchOne(
                     db,
                     sql: """
-                        SELECT protocol_id, performed_at, patient_json, status, ingested_at, updated_at
-                        FROM procedure WHERE id = ?
+                        SELECT CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
+                            CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at
+                        FROM procedure WHERE id = CAST(? AS TEXT)
                         """,
-                    arguments: [id])
+                    arguments: [exact(id)])
             else { return nil }
             let view = ProcedureView(
                 procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
@@ -102,7 +103,8 @@ extension ReminderStore {
                 updatedAt: Date(timeIntervalSince1970: row["updated_at"])
             )
             let reminders = try Row.fetchAll(
-                db, sql: "SELECT * FROM reminder WHERE procedure_id = ? ORDER BY nominal_at, step_id", arguments: [id]
+                db, sql: "SELECT \(Self.reminderColumns) FROM reminder WHERE procedure_id = CAST(? AS TEXT) "
+                    + "ORDER BY nominal_at, step_id", arguments: [exact(id)]
             ).map(Self.reminderView)
             return (view, reminders)
         }
@@ -113,7 +115,10 @@ extension ReminderStore {
         -> [(ProcedureView, [ReminderView])]
     {
         try await read { db in
-            var sql = "SELECT id, protocol_id, performed_at, patient_json, status, ingested_at, updated_at FROM procedure p"
+            var sql = """
+                SELECT CAST(id AS BLOB) AS id, CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
+                    CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at FROM procedure p
+                """
             var conditions: [String] = []
             var arguments: StatementArguments = []
             if let patientID {
@@ -129,29 +134,36 @@ extension ReminderStore {
             sql += " ORDER BY performed_at DESC, id LIMIT ?"
             arguments += [limit]
             return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
-                let id: String = row["id"]
+                let id = row.text("id") ?? ""
                 let view = ProcedureView(
                     procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
                     ingestedAt: Date(timeIntervalSince1970: row["ingested_at"]),
                     updatedAt: Date(timeIntervalSince1970: row["updated_at"])
                 )
                 let reminders = try Row.fetchAll(
-                    db, sql: "SELECT * FROM reminder WHERE procedure_id = ? ORDER BY nominal_at, step_id",
-                    arguments: [id]
+                    db, sql: "SELECT \(Self.reminderColumns) FROM reminder WHERE procedure_id = CAST(? AS TEXT) "
+                        + "ORDER BY nominal_at, step_id",
+                    arguments: [exact(id)]
                 ).map(Self.reminderView)
                 return (view, reminders)
             }
         }
     }
 
+    static let reminderColumns = """
+        CAST(procedure_id AS BLOB) AS procedure_id, CAST(step_id AS BLOB) AS step_id, state, nominal_at, due_at,
+        expires_at, attempts, CAST(last_error AS BLOB) AS last_error, updated_at
+        """
+
+    /// A row selected with ``reminderColumns``.
     static func reminderView(_ row: Row) -> ReminderView {
         ReminderView(
-            procedureID: row["procedure_id"], stepID: row["step_id"],
+            procedureID: row.text("procedure_id") ?? "", stepID: row.text("step_id") ?? "",
             state: ReminderState(rawValue: row["state"]) ?? .scheduled,
             nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
             dueAt: Date(timeIntervalSince1970: row["due_at"]),
             expiresAt: Date(timeIntervalSince1970: row["expires_at"]), attempts: row["attempts"],
-            lastError: row["last_error"], updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+            lastError: row.text("last_error"), updatedAt: Date(timeIntervalSince1970: row["updated_at"])
         )
     }
 }

@@ -99,7 +99,7 @@ public final class ReminderStore: Sendable {
 
 /// The schema and its migrations. `user_version` records how far a file has come.
 enum Schema {
-    static let version = 1
+    static let version = 2
 
     static func migrate(_ writer: any DatabaseWriter) throws {
         var migrator = DatabaseMigrator()
@@ -176,7 +176,31 @@ enum Schema {
                     BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
                     """
             )
-            try db.execute(sql: "PRAGMA user_version = \(version)")
+            try db.execute(sql: "PRAGMA user_version = 1")
+        }
+        // What the patient was told: each attempt row names the protocol version it was rendered
+        // from and the hash of its exact words; both texts are kept once, by their SHA-256.
+        migrator.registerMigration("v2") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE delivery_log ADD COLUMN protocol_version TEXT;
+                    ALTER TABLE delivery_log ADD COLUMN message_hash TEXT;
+
+                    CREATE TABLE protocol_version (
+                        hash TEXT PRIMARY KEY NOT NULL,
+                        protocol_id TEXT NOT NULL,
+                        content TEXT NOT NULL,
+                        first_seen_at REAL NOT NULL
+                    ) WITHOUT ROWID;
+
+                    CREATE TABLE message (
+                        hash TEXT PRIMARY KEY NOT NULL,
+                        subject TEXT NOT NULL,
+                        body TEXT NOT NULL
+                    ) WITHOUT ROWID;
+                    """
+            )
+            try db.execute(sql: "PRAGMA user_version = 2")
         }
         try migrator.migrate(writer)
     }

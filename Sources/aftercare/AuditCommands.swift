@@ -9,7 +9,7 @@ struct AuditCommand: AsyncParsableCommand {
         commandName: "audit",
         abstract: "Read, verify and prune the tamper-evident delivery log.",
         discussion: "Without a subcommand, shows log rows ('aftercare audit --patient MRN-77').",
-        subcommands: [Show.self, Verify.self, Head.self, Prune.self],
+        subcommands: [Show.self, Verify.self, Head.self, Message.self, Prune.self],
         defaultSubcommand: Show.self
     )
 
@@ -70,32 +70,121 @@ struct AuditCommand: AsyncParsableCommand {
 
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Walk the hash chain: confirm it (row count and head) or name the first bad row.")
+            abstract: "Walk the hash chain: confirm it (row count and head) or name the first bad row.",
+            discussion: """
+                With --expect-head, the log is held to a head kept outside the database (printed by \
+                'aftercare audit head', by a prune, or by the daemon in its journal): that row must still \
+                be in the chain with that hash, and no prune may have happened after it.
+                """)
 
         @OptionGroup var options: ConfigOption
 
-        @Option(help: "A head hash kept earlier ('aftercare audit head'): it must still be in the chain.")
+        @Option(help: "A head kept earlier, as ROW:HASH or HASH: it must still be in the chain, unpruned.")
         var expectHead: String?
 
         func run() async throws {
             let config = try options.load()
+            let anchor: LogAnchor?
+            do {
+                anchor = try expectHead.map { text throws(StoreError) in try LogAnchor(parsing: text) }
+            } catch {
+                throw CLIError("--expect-head: \(error)")
+            }
             let store = try openStore(config)
-            switch try await store.verifyLog() {
+            let report = try await store.verifyLog(anchor: anchor)
+            switch report.verdict {
             case .broken(let seq, let reason):
                 throw CLIError("delivery log BROKEN at row \(seq): \(reason)")
             case .intact(let rows, let head):
-                if let expectHead, expectHead != head {
-                    let kept = try await store.auditLog(AuditFilter()).first { $0.hash == expectHead }
-                    guard let kept else {
-                        throw CLIError(
-                            "delivery log BROKEN: the expected head \(expectHead) is not in the chain "
-                                + "(the log was truncated or rewritten after it)")
+                var line = "delivery log intact: \(rows) rows, head \(head)"
+                if let checkpoint = report.checkpoint {
+                    line += "; chain intact from row \(checkpoint.firstKept), after \(checkpoint.summary)"
+                    if anchor == nil {
+                        line += "; hold it to a head kept outside the database with --expect-head"
                     }
-                    print("delivery log intact: \(rows) rows, head \(head); the expected head is row \(kept.seq), "
-                        + "and rows after it were appended since")
-                    return
                 }
-                print("delivery log intact: \(rows) rows, head \(head)")
+                if let anchoredSeq = report.anchoredSeq {
+                    line += "; the expected head is row \(anchoredSeq)"
+                        + (head == anchor?.hash ? "" : ", and rows after it were appended since")
+                }
+                print(line)
+            }
+        }
+    }
+
+    struct Message: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the exact subject and body an attempt sent, checked against the hash its log row chained.")
+
+        @OptionGroup var options: ConfigOption
+
+        @Argument(help: "The attempt's row number (the seq column of 'aftercare audit --format jsonl').")
+        var seq: String
+
+        @Flag(help: "Also print the protocol version the message was rendered from.")
+        var showProtocol = false
+
+        @Flag(help: "Print the subject and body byte for byte, control characters included.")
+        var raw = false
+
+        /// Control characters (other than line breaks and tabs) and bidi overrides as `\u{…}`, so
+        /// a hostile name in a message cannot drive the terminal.
+        func shown(_ text: String) -> String {
+            if raw { return text }
+            var out = ""
+            for scalar in text.unicodeScalars {
+                let value = scalar.value
+                let unsafe = scalar.properties.generalCategory == .control && value != 0x0A && value != 0x09
+                    || (0x202A...0x202E).contains(value) || (0x2066...0x2069).contains(value)
+                if unsafe { out += "\\u{" + String(value, radix: 16, uppercase: true) + "}" } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+            return out
+        }
+
+        func run() async throws {
+            guard let number = Int64(seq), number >= 1 else {
+                throw CLIError("'\(InputRules.printable(seq))' is not a row number")
+            }
+            let config = try options.load()
+            let message: AttemptMessage
+            do {
+                message = try await openStore(config).attemptMessage(seq: number)
+            } catch let error as StoreError {
+                throw CLIError("\(error)")
+            }
+            let entry = message.record.entry
+            guard let subject = message.subject, let body = message.body else {
+                throw CLIError(
+                    "row \(number): the text with hash \(entry.messageHash ?? "?") is missing from the store")
+            }
+            guard message.textMatches else {
+                throw CLIError(
+                    "row \(number): the stored text does NOT match the hash \(entry.messageHash ?? "?") the log "
+                        + "chained when it was sent (the message table was altered)")
+            }
+            let reminder = [entry.procedureID, entry.stepID].compactMap { $0 }.map(InputRules.printable)
+                .joined(separator: ".")
+            print("row \(number): attempt \(entry.attempt.map(String.init) ?? "?") of \(reminder) at "
+                + "\(Timestamp.format(entry.at, in: .gmt)) via \(entry.channel ?? "?") (\(entry.outcome ?? "?"))")
+            let version = entry.protocolVersion ?? "?"
+            if let stored = message.protocolVersion {
+                print("protocol: \(stored.protocolID) version \(version)"
+                    + (message.protocolMatches ? "" : " (stored content does NOT match this hash)"))
+            } else {
+                print("protocol: version \(version) (its content is not in the store)")
+            }
+            print("message sha256: \(entry.messageHash ?? "?") (matches)")
+            print("subject: \(shown(subject))")
+            print("body:")
+            print(shown(body))
+            if showProtocol, let stored = message.protocolVersion {
+                print("protocol content:")
+                print(shown(stored.content))
+            }
+            if message.protocolVersion != nil, !message.protocolMatches {
+                throw CLIError("row \(number): the stored protocol content does NOT match version \(version)")
             }
         }
     }
@@ -116,7 +205,13 @@ struct AuditCommand: AsyncParsableCommand {
     struct Prune: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Remove rows older than a date, leaving a checkpoint so the rest still verifies.",
-            discussion: "Needs write access to the database (run it as the service user or root)."
+            discussion: """
+                Verifies the chain first and refuses to prune a broken one. The date must be in the past. \
+                Kept whatever the date: the newest row, and every row from the first one about a procedure \
+                that still has a reminder scheduled or under way. Prints the new head to keep outside the \
+                database (and writes it to the system log). Needs write access to the database (run it as \
+                the service user or root).
+                """
         )
 
         @OptionGroup var options: ConfigOption
@@ -135,9 +230,36 @@ struct AuditCommand: AsyncParsableCommand {
                 throw CLIError("\(error)")
             }
             let user = String(cString: getpwuid(getuid())?.pointee.pw_name ?? strdup("unknown"))
-            let removed = try await store.pruneLog(before: cutoff, now: Date(), actor: user)
-            print(removed == 0 ? "nothing to prune before \(before)" : "pruned \(removed) row(s); checkpoint appended")
+            let result: PruneResult
+            do {
+                result = try await store.pruneLog(before: cutoff, now: Date(), actor: user)
+            } catch let error as StoreError {
+                throw CLIError("\(error)")
+            }
+            guard let head = result.head else {
+                let kept = result.keptForPending.map { "; rows from \($0) on belong to procedures with reminders pending" }
+                print("nothing to prune before \(before)" + (kept ?? ""))
+                return
+            }
+            var line = "pruned \(result.removed) row(s); checkpoint appended"
+            if let kept = result.keptForPending {
+                line += "; rows from \(kept) on were kept: their procedures have reminders pending"
+            }
+            print(line)
+            let witness = "delivery log head after prune by \(user): \(head) (row:hash)"
+            print("new head \(head): keep it outside the database; 'aftercare audit verify --expect-head \(head)' "
+                + "holds the log to it")
+            Journal.notice(witness)
         }
+    }
+}
+
+/// The system log, for the lines the journal keeps as witness (as the daemon's head lines are).
+enum Journal {
+    static func notice(_ message: String) {
+        openlog("aftercare", LOG_PID, LOG_USER)
+        withVaList([message]) { vsyslog(LOG_NOTICE, "%s", $0) }
+        closelog()
     }
 }
 

@@ -98,10 +98,17 @@ struct DeliveryLogTests {
     @Test("prune removes old rows, leaves a checkpoint, and the rest verifies; removing more is caught")
     func pruneThenVerify() async throws {
         let store = try await busyStore()
+        // Settle every procedure, so no pending reminder holds the cut back.
+        let settleAt = Fixture.base.addingTimeInterval(3 * 86400)
+        _ = try await store.ingest(
+            [Fixture.file("all.json", (0..<400).map { .cancel(procedureID: "P-\($0)", reason: "done") })],
+            now: settleAt, plan: Fixture.plan)
         let before = try #require(try await store.logHead())
         let cutoff = Fixture.base.addingTimeInterval(86400)  // rows of the first day go
-        let removed = try await store.pruneLog(before: cutoff, now: Fixture.base.addingTimeInterval(10 * 86400), actor: "admin")
+        let result = try await store.pruneLog(before: cutoff, now: Fixture.base.addingTimeInterval(10 * 86400), actor: "admin")
+        let removed = result.removed
         #expect(removed > 0)
+        #expect(result.keptForPending == nil)
         let remaining = try await store.auditLog(AuditFilter())
         #expect(remaining.allSatisfy { $0.entry.at >= cutoff })
         #expect(remaining.last?.entry.event == .checkpoint)
@@ -113,6 +120,7 @@ struct DeliveryLogTests {
         #expect(rows == remaining.count)
         #expect(rows == Int(before.seq) - removed + 1)
         #expect(head == remaining.last?.hash)
+        #expect(result.head == LogAnchor(seq: before.seq + 1, hash: head))
         // Deleting the first kept row as well is detected.
         let first = try #require(remaining.first?.seq)
         try await sql("DELETE FROM delivery_log WHERE seq = \(first)")

@@ -10,6 +10,14 @@ struct Runtime: Sendable {
     let config: AftercareConfiguration
     /// Senders by the name the config gives them.
     let senders: [String: any Sender]
+    /// Each loaded protocol's content-addressed version, by protocol id, computed once per load.
+    let protocolVersions: [String: ProtocolVersion]
+
+    init(config: AftercareConfiguration, senders: [String: any Sender]) {
+        self.config = config
+        self.senders = senders
+        protocolVersions = config.protocols.mapValues(ProtocolVersion.init)
+    }
 }
 
 /// Takes one claimed reminder to its resolution: expiry and quiet-hours checks at send time, route
@@ -67,10 +75,12 @@ struct Dispatcher: Sendable {
         }
 
         let context = TemplateContext(procedure: procedure, policy: config.policy, sendAt: now)
+        let subject = step.subject.render(context)
+        let body = step.body.render(context)
         let message = OutboundMessage(
             reminderID: reminder.reminderID, procedureID: procedure.id, patientID: procedure.patient.id,
             stepID: step.id, channel: chosen.route.channel, address: chosen.route.address,
-            subject: step.subject.render(context), body: step.body.render(context), dueAt: reminder.dueAt,
+            subject: subject, body: body, dueAt: reminder.dueAt,
             attempt: reminder.attempt, clinicName: config.policy.clinicName
         )
         let started = ContinuousClock.now
@@ -79,7 +89,10 @@ struct Dispatcher: Sendable {
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let attempt = Attempt(
             channel: chosen.route.channel, sender: chosen.senderName, destination: chosen.route.address,
-            startedAt: now, endedAt: now.addingTimeInterval(seconds), result: result, optedOutChannels: optedOut
+            startedAt: now, endedAt: now.addingTimeInterval(seconds), result: result, optedOutChannels: optedOut,
+            message: SentMessage(
+                subject: subject, body: body,
+                protocolVersion: runtime.protocolVersions[careProtocol.id] ?? ProtocolVersion(careProtocol))
         )
         return .attempted(attempt, next: next(after: result, reminder: reminder, step: step, zone: zone))
     }
