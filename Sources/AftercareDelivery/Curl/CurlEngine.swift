@@ -48,7 +48,13 @@ public struct CurlResponse: Sendable {
 /// Callers `await perform(_:)` from any task; the request is queued, the engine thread is woken
 /// with `curl_multi_wakeup`, and the continuation is resumed when the transfer completes. Easy
 /// handles live and die on the engine thread; the multi handle keeps connections open between
-/// transfers (keep-alive), and bounds them in all and per host.
+/// transfers (keep-alive).
+///
+/// The engine bounds transfers in all and per host itself: a transfer waits in the engine, outside
+/// libcurl, until a slot is free, and only then is handed to the multi handle. libcurl's own
+/// connection limits would park it inside the multi handle instead, where its time limits already
+/// run, so a busy or hanging receiver would make the transfers queued behind it fail "after 0 ms".
+/// A try's time limits start when it is actually sent.
 public final class CurlEngine: Sendable {
     private struct Shared {
         var queue: [Transfer] = []
@@ -60,6 +66,8 @@ public final class CurlEngine: Sendable {
     // The multi handle is touched only by the engine thread, except for curl_multi_wakeup, which
     // libcurl documents as safe from any thread.
     private nonisolated(unsafe) let multi: UnsafeMutableRawPointer
+    private let maxConnections: Int
+    private let maxPerHost: Int
     private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
     private let done = Mutex(false)
 
@@ -68,14 +76,15 @@ public final class CurlEngine: Sendable {
     }()
 
     /// - Parameters:
-    ///   - maxConnections: open connections in all (`CURLMOPT_MAX_TOTAL_CONNECTIONS`).
-    ///   - maxPerHost: open connections to one host (`CURLMOPT_MAX_HOST_CONNECTIONS`).
+    ///   - maxConnections: transfers under way at once, in all (each holds one connection).
+    ///   - maxPerHost: transfers under way at once to one scheme, host and port.
     public init(maxConnections: Int = 64, maxPerHost: Int = 16) {
         _ = Self.globalInit
+        self.maxConnections = max(1, maxConnections)
+        self.maxPerHost = max(1, maxPerHost)
         multi = curl_multi_init()!
-        aftercare_multi_setopt_long(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxConnections)
-        aftercare_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxPerHost)
-        aftercare_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnections)
+        // Idle connections kept for reuse.
+        aftercare_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, self.maxConnections)
         let thread = Thread { [self] in run() }
         thread.name = "aftercare-curl"
         thread.start()
@@ -125,6 +134,14 @@ public final class CurlEngine: Sendable {
     private func run() {
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         var idleHandles: [UnsafeMutableRawPointer] = []
+        var slots = TransferSlots<Transfer>(total: maxConnections, perHost: maxPerHost)
+        /// Hands a transfer to libcurl: from here on its time limits run.
+        func start(_ transfer: Transfer) {
+            let handle = idleHandles.popLast() ?? curl_easy_init()!
+            transfer.configure(handle)
+            active[handle] = transfer
+            curl_multi_add_handle(multi, handle)
+        }
         while true {
             let (incoming, cancelled, stopping) = shared.withLock { state -> ([Transfer], [Transfer], Bool) in
                 defer {
@@ -139,16 +156,14 @@ public final class CurlEngine: Sendable {
                     active[handle] = nil
                     curl_easy_reset(handle)
                     idleHandles.append(handle)
+                    slots.release(transfer.hostKey)
                 }
+                // A transfer still waiting for a slot is skipped when its turn comes.
                 transfer.abandon("cancelled: shutting down")
             }
-            for transfer in incoming where !transfer.isFinished {
-                let handle = idleHandles.popLast() ?? curl_easy_init()!
-                transfer.configure(handle)
-                active[handle] = transfer
-                curl_multi_add_handle(multi, handle)
-            }
-            if stopping && active.isEmpty { break }
+            for transfer in incoming where !transfer.isFinished { slots.enqueue(transfer) }
+            while let transfer = slots.next() { start(transfer) }
+            if stopping && active.isEmpty && slots.waiting == 0 { break }
             var running: Int32 = 0
             curl_multi_perform(multi, &running)
             var pending: Int32 = 0
@@ -158,11 +173,19 @@ public final class CurlEngine: Sendable {
                 let code = message.pointee.data.result
                 curl_multi_remove_handle(multi, handle)
                 if let transfer = active.removeValue(forKey: key) {
+                    slots.release(transfer.hostKey)
                     transfer.complete(handle: key, code: code)
                 }
                 curl_easy_reset(handle)
                 if idleHandles.count < 256 { idleHandles.append(key) } else { curl_easy_cleanup(handle) }
             }
+            // Slots freed by finished transfers go to waiting ones at once.
+            var started = false
+            while let transfer = slots.next() {
+                start(transfer)
+                started = true
+            }
+            if started { continue }
             if running > 0 || !active.isEmpty {
                 curl_multi_poll(multi, nil, 0, 1000, nil)
             } else {
@@ -180,9 +203,81 @@ public final class CurlEngine: Sendable {
     }
 }
 
+/// The engine's transfer slots: how many transfers are under way in all and per host, and the
+/// transfers waiting for a slot, first come first served within each host. Engine thread only.
+struct TransferSlots<Item: SlotHolder> {
+    let total: Int
+    let perHost: Int
+    private var running = 0
+    private var runningByHost: [String: Int] = [:]
+    /// Waiting transfers by host, each queue read from `head` on.
+    private var queues: [String: (items: [Item], head: Int)] = [:]
+    /// Hosts with waiting transfers, in the order they first had to wait.
+    private var hosts: [String] = []
+    private(set) var waiting = 0
+
+    init(total: Int, perHost: Int) {
+        self.total = total
+        self.perHost = perHost
+    }
+
+    mutating func enqueue(_ transfer: Item) {
+        let host = transfer.hostKey
+        if queues[host] == nil {
+            queues[host] = ([], 0)
+            hosts.append(host)
+        }
+        queues[host]!.items.append(transfer)
+        waiting += 1
+    }
+
+    /// The next waiting transfer that may start now, its slot taken; `nil` if none may.
+    mutating func next() -> Item? {
+        guard running < total, waiting > 0 else { return nil }
+        for (index, host) in hosts.enumerated() where runningByHost[host, default: 0] < perHost {
+            var queue = queues[host]!
+            while queue.head < queue.items.count {
+                let transfer = queue.items[queue.head]
+                queue.head += 1
+                waiting -= 1
+                if transfer.isFinished { continue }  // abandoned while it waited
+                if queue.head == queue.items.count {
+                    queues[host] = nil
+                    hosts.remove(at: index)
+                } else {
+                    queues[host] = queue
+                }
+                running += 1
+                runningByHost[host, default: 0] += 1
+                return transfer
+            }
+            queues[host] = nil
+            hosts.remove(at: index)
+            return next()
+        }
+        return nil
+    }
+
+    mutating func release(_ host: String) {
+        running -= 1
+        let left = runningByHost[host, default: 1] - 1
+        runningByHost[host] = left > 0 ? left : nil
+    }
+}
+
+/// What waits for a slot: a transfer, keyed by its host.
+protocol SlotHolder: AnyObject {
+    /// Scheme, host and port: the unit of the per-host limit.
+    var hostKey: String { get }
+    /// Abandoned already: skipped when its turn comes.
+    var isFinished: Bool { get }
+}
+
 /// One transfer's state on the engine thread: its options' storage, the response as it arrives.
-final class Transfer: @unchecked Sendable {
+final class Transfer: SlotHolder, @unchecked Sendable {
     let request: CurlRequest
+    /// Scheme, host and port: the unit of the per-host limit.
+    let hostKey: String
     private let continuation: CheckedContinuation<CurlResponse, Never>
     private var headerList: UnsafeMutablePointer<curl_slist>?
     private var recipientList: UnsafeMutablePointer<curl_slist>?
@@ -214,8 +309,17 @@ final class Transfer: @unchecked Sendable {
 
     init(request: CurlRequest, continuation: CheckedContinuation<CurlResponse, Never>) {
         self.request = request
+        hostKey = Self.hostKey(request.url)
         self.continuation = continuation
         errorBuffer.initialize(to: 0)
+    }
+
+    /// `scheme://host:port` of a URL, lower-cased; the whole URL if it does not parse.
+    static func hostKey(_ url: String) -> String {
+        guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+            let host = components.host?.lowercased()
+        else { return url }
+        return "\(scheme)://\(host):\(components.port.map(String.init) ?? "-")"
     }
 
     deinit {
