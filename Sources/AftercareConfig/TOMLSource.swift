@@ -14,11 +14,16 @@ final class TOMLSource {
 
     init(path: String) throws(ConfigError) {
         self.path = path
-        let text: String
+        let data: Data
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw ConfigError(file: path, line: nil, message: "cannot read: \(Self.reason(error))")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            let bad = lines.firstIndex { String(data: Data($0), encoding: .utf8) == nil } ?? 0
+            throw ConfigError(file: path, line: bad + 1, message: "not UTF-8 text")
         }
         do {
             root = try TOMLTable(string: text)
@@ -106,11 +111,37 @@ final class Section {
     func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     func error(_ key: String?, _ message: String) -> ConfigError {
-        let line = key.flatMap { source.line(of: keyPath($0)) } ?? source.line(of: path)
+        // What is missing from the top level has no line of its own: the file's first line stands in.
+        let line = key.flatMap { source.line(of: keyPath($0)) } ?? source.line(of: path) ?? (path.isEmpty ? 1 : nil)
         return ConfigError(file: source.path, line: line, message: message)
     }
 
     func has(_ key: String) -> Bool { table[key] != nil }
+
+    func line(of key: String) -> Int? { source.line(of: keyPath(key)) }
+
+    /// A file or folder path: not empty, no control characters; resolved against the config's folder.
+    func path(_ key: String, resolve: (String) -> String) throws(ConfigError) -> String? {
+        guard let text = try string(key) else { return nil }
+        try checkPath(text, key: key)
+        return resolve(text)
+    }
+
+    /// An array of paths, each checked as `path` does (not resolved).
+    func paths(_ key: String, resolve: (String) -> String) throws(ConfigError) -> [String]? {
+        guard let texts = try strings(key) else { return nil }
+        for text in texts { try checkPath(text, key: key) }
+        return texts.map(resolve)
+    }
+
+    private func checkPath(_ text: String, key: String) throws(ConfigError) {
+        guard !text.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw error(key, "'\(keyPath(key))' is empty: give a path, or leave the key out for the default")
+        }
+        if text.unicodeScalars.contains(where: InputRules.isUnsafe) {
+            throw error(key, "'\(keyPath(key))' = \"\(InputRules.printable(text))\" holds a control character")
+        }
+    }
 
     private func value(_ key: String) -> (any TOMLValueConvertible)? {
         read.insert(key)
