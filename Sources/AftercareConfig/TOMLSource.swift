@@ -25,6 +25,9 @@ final class TOMLSource {
             let bad = lines.firstIndex { String(data: Data($0), encoding: .utf8) == nil } ?? 0
             throw ConfigError(file: path, line: bad + 1, message: "not UTF-8 text")
         }
+        if let line = Self.malformedHeaderLine(text) {
+            throw ConfigError(file: path, line: line, message: "TOML syntax: a table header needs a name: [name]")
+        }
         do {
             root = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
@@ -82,6 +85,79 @@ final class TOMLSource {
                 if !value.dropFirst(3).contains(delimiter) { inMultiline = delimiter }
             }
         }
+    }
+
+    /// The line of a table header whose `[` or `[[` is followed by neither a key nor `]`, such as a
+    /// lone `[`. toml++ asserts on these (a crash in debug builds, undefined behaviour in release),
+    /// so they are refused before it sees them. Strings, comments and multi-line array values are
+    /// skipped, as only a `[` that starts a statement opens a header.
+    static func malformedHeaderLine(_ text: String) -> Int? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        var line = 1
+        var depth = 0
+        var statementStart = true
+        func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\n"):
+                line += 1
+                if depth == 0 { statementStart = true }
+                index += 1
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                index += 1
+            case UInt8(ascii: "#"):
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\n") { index += 1 }
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                let triple = at(1) == byte && at(2) == byte
+                let close: [UInt8] = triple ? [byte, byte, byte] : [byte]
+                index += close.count
+                while index < bytes.count {
+                    if bytes[index] == UInt8(ascii: "\n") {
+                        if !triple { break }
+                        line += 1
+                    }
+                    if byte == UInt8(ascii: "\""), bytes[index] == UInt8(ascii: "\\") {
+                        if at(1) == UInt8(ascii: "\n") { line += 1 }
+                        index += 2
+                        continue
+                    }
+                    if Array(bytes[index..<min(bytes.count, index + close.count)]) == close {
+                        index += close.count
+                        break
+                    }
+                    index += 1
+                }
+                statementStart = false
+            case UInt8(ascii: "[") where statementStart && depth == 0:
+                index += 1
+                while at(0) == UInt8(ascii: " ") || at(0) == UInt8(ascii: "\t") { index += 1 }
+                if at(0) == UInt8(ascii: "[") { index += 1 }
+                while at(0) == UInt8(ascii: " ") || at(0) == UInt8(ascii: "\t") { index += 1 }
+                guard let next = at(0) else { return nil }
+                let isKeyStart = InputRules.isAlnum(next) || next == UInt8(ascii: "_") || next == UInt8(ascii: "-")
+                    || next == UInt8(ascii: "\"") || next == UInt8(ascii: "'") || next == UInt8(ascii: "]")
+                if !isKeyStart { return line }
+                statementStart = false
+                // The rest of a header is one line.
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\n") {
+                    if bytes[index] == UInt8(ascii: "\"") || bytes[index] == UInt8(ascii: "'") { break }
+                    index += 1
+                }
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                statementStart = false
+                index += 1
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth = max(0, depth - 1)
+                index += 1
+            default:
+                statementStart = false
+                index += 1
+            }
+        }
+        return nil
     }
 
     private static func normalize(_ key: Substring) -> String {

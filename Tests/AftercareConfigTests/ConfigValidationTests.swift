@@ -51,10 +51,10 @@ struct ConfigValidationTests {
 
     @Test("a secret_file naming a folder, or missing, is refused at its line with the reason")
     func secretFileNotAFile() throws {
-        let folder = try #require(try secretError(nil, folderInstead: true))
-        #expect(folder.message.contains("a folder, not a file"), "\(folder)")
         let missing = try #require(try secretError(nil))
         #expect(missing.message.contains("no such file"), "\(missing)")
+        let folder = try #require(try secretError(nil, folderInstead: true))
+        #expect(folder.message.contains("a folder, not a file"), "\(folder)")
     }
 
     @Test("empty or control-character paths are refused with file:line, not read as the config's folder")

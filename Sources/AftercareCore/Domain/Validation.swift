@@ -190,7 +190,8 @@ public enum InputRules {
         }
     }
 
-    static func isAlnum(_ byte: UInt8) -> Bool {
+    /// An ASCII letter or digit.
+    public static func isAlnum(_ byte: UInt8) -> Bool {
         (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
             || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
     }
