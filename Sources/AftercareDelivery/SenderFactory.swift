@@ -19,8 +19,8 @@ public enum SenderFactory {
                 name: name, settings: settings, clinicName: clinicName, readSecret: readSecret, engine: engine)
         } catch let error as DeliveryError {
             let prefix = "sender '\(name)': "
-            let message = error.message.hasPrefix(prefix) ? String(error.message.dropFirst(prefix.count)) : error.message
-            throw SenderSetupError(message: message)
+            let message = error.message
+            throw SenderSetupError(message: message.hasPrefix(prefix) ? String(message.dropFirst(prefix.count)) : message)
         }
     }
 

@@ -42,21 +42,24 @@ struct ConfigAndAccessTests {
     @Test("a webhook secret without whsec_ is refused by config check and the daemon alike, at file:line")
     func secretWithoutPrefix() throws {
         let harness = try CLIHarness(extra: Self.webhook)
-        try "C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n".write(toFile: harness.root + "/hook.secret", atomically: true, encoding: .utf8)
+        try "C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n".write(
+            toFile: harness.root + "/hook.secret", atomically: true, encoding: .utf8)
         try expectBothRefuse(harness, containing: "must start with whsec_", atLineOf: "secret_file")
     }
 
     @Test("a webhook secret with a key under 24 bytes is refused by both")
     func shortSecret() throws {
         let harness = try CLIHarness(extra: Self.webhook)
-        try "whsec_C2FVsBQIhrscChlQIMV+bw==\n".write(toFile: harness.root + "/hook.secret", atomically: true, encoding: .utf8)
+        try "whsec_C2FVsBQIhrscChlQIMV+bw==\n".write(
+            toFile: harness.root + "/hook.secret", atomically: true, encoding: .utf8)
         try expectBothRefuse(harness, containing: "at least 24 are needed", atLineOf: "secret_file")
     }
 
     @Test("a secret_file naming a folder is refused by both")
     func secretFolder() throws {
         let harness = try CLIHarness(extra: Self.webhook)
-        try FileManager.default.createDirectory(atPath: harness.root + "/hook.secret", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: harness.root + "/hook.secret", withIntermediateDirectories: true)
         try expectBothRefuse(harness, containing: "a folder, not a file", atLineOf: "secret_file")
     }
 
@@ -86,6 +89,32 @@ struct ConfigAndAccessTests {
             #expect(message.count < 300, "\(message.count) characters")
             #expect(harness.incomingFiles().isEmpty, "\(arguments) queued a file")
         }
+    }
+
+    @Test("a cancel with a NUL in its id dropped in the spool is refused whole, and the log chain stays intact")
+    func nulInSpool() throws {
+        let harness = try CLIHarness()
+        let daemon = try harness.startDaemon()
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+        }
+        #expect(harness.eventually { FileManager.default.fileExists(atPath: harness.state + "/spool/incoming") })
+        let added = try harness.run([
+            "add", "--procedure", "A", "--patient", "MRN-1", "--route", "sms:+15551234567", "--wait", "10",
+        ])
+        #expect(added.status == 0, "\(added.stderr)")
+        let name = "zz-hostile.json"
+        try Data(#"{"kind":"cancel","procedure_id":"A\u0000b"}"#.utf8)
+            .write(to: URL(fileURLWithPath: harness.state + "/spool/tmp/" + name))
+        rename(harness.state + "/spool/tmp/" + name, harness.state + "/spool/incoming/" + name)
+        #expect(harness.eventually { !harness.incomingFiles().contains(name) }, "the daemon never took the file")
+        let reason = try? String(contentsOfFile: harness.state + "/spool/rejected/" + name + ".error", encoding: .utf8)
+        #expect(reason?.contains(#"procedure_id 'A\u{0000}b'"#) == true, "\(reason ?? "no .error file")")
+        let shown = try harness.run(["show", "A"])
+        #expect(shown.status == 0 && !shown.stdout.contains("cancelled"), "\(shown.stdout)")
+        let verified = try harness.run(["audit", "verify"])
+        #expect(verified.status == 0 && verified.stdout.contains("intact"), "\(verified.stdout)\(verified.stderr)")
     }
 
     /// Runs the binary as `nobody`, as a user outside the staff group would.
@@ -145,7 +174,8 @@ struct ConfigAndAccessTests {
     func spoolPermission() throws {
         let harness = try CLIHarness()
         for folder in ["tmp", "incoming", "rejected"] {
-            try FileManager.default.createDirectory(atPath: harness.state + "/spool/" + folder, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: harness.state + "/spool/" + folder, withIntermediateDirectories: true)
         }
         let result = try runAsNobody(harness, [
             "add", "--procedure", "P-1", "--patient", "MRN-1", "--route", "sms:+15551234567", "--wait", "0",

@@ -38,7 +38,7 @@ struct IntakeValidationTests {
     @Test("cancel with a NUL in procedure_id is refused at decode (the hash-chain breaker of issue 8)")
     func cancelWithNUL() {
         let message = refusal(#"{"kind":"cancel","procedure_id":"A\u0000b"}"#)
-        #expect(message == #"procedure_id 'A\u{0000}b': may hold only letters, digits and . _ : - (found byte 0x0000)"#)
+        #expect(message == #"procedure_id 'A\u{0000}b': may hold only letters, digits and . _ : - (found byte 0x00)"#)
     }
 
     @Test("procedure_id is refused with a hostile value in every request kind")

@@ -197,7 +197,8 @@ public enum InputRules {
     }
 
     static func describe(_ byte: UInt8) -> String {
-        byte >= 0x21 && byte < 0x7F ? "'\(Character(UnicodeScalar(byte)))'" : "byte 0x\(hex(UInt32(byte)))"
+        byte >= 0x21 && byte < 0x7F
+            ? "'\(Character(UnicodeScalar(byte)))'" : "byte 0x\(String(hex(UInt32(byte)).suffix(2)))"
     }
 
     static func hex(_ value: UInt32) -> String {

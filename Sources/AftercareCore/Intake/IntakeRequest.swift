@@ -208,7 +208,8 @@ public enum IntakeCodec {
         case "procedure":
             request = .procedure(try decodeProcedure(&fields))
         case "cancel":
-            request = .cancel(procedureID: try fields.string("procedure_id"), reason: try fields.optionalString("reason"))
+            request = .cancel(
+                procedureID: try fields.string("procedure_id"), reason: try fields.optionalString("reason"))
         case "reschedule":
             request = .reschedule(
                 procedureID: try fields.string("procedure_id"),
