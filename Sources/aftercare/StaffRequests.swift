@@ -13,6 +13,13 @@ func openStore(_ config: AftercareConfiguration) throws -> ReminderStore {
     do {
         return try ReminderStore(path: path, readOnly: true)
     } catch {
+        // A reader of a WAL database needs its -shm file; only the daemon (or root) may create it.
+        let folder = (path as NSString).deletingLastPathComponent
+        if access(path, R_OK) == 0, access(path + "-shm", F_OK) != 0, access(folder, W_OK) != 0 {
+            throw CLIError(
+                "cannot read \(path) while the daemon is stopped: its shared-memory file \(path)-shm is missing "
+                    + "and only the daemon may create it (start the daemon: systemctl start aftercare)")
+        }
         throw CLIError("\(error)")
     }
 }

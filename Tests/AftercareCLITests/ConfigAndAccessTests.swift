@@ -167,6 +167,12 @@ struct ConfigAndAccessTests {
         let fileDenied = try runAsNobody(harness, ["list"])
         #expect(fileDenied.stderr.contains("cannot read \(harness.state)/aftercare.sqlite: permission denied"),
                 "\(fileDenied.stderr)")
+        // Readable, but with the daemon stopped its -shm file is gone and only the daemon may make it.
+        chmod(harness.state + "/aftercare.sqlite", 0o644)
+        unlink(harness.state + "/aftercare.sqlite-shm")  // root's own read left it; no one has it open now
+        let stopped = try runAsNobody(harness, ["list"])
+        #expect(stopped.status != 0)
+        #expect(stopped.stderr.contains("while the daemon is stopped"), "\(stopped.stderr)")
     }
 
     @Test("a user who may not write the spool is told so and what to do at add",

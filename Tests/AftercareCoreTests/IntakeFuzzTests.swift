@@ -109,9 +109,12 @@ struct IntakeFuzzTests {
 
     @Test("deep nesting and huge fields are refused, not a crash")
     func pathological() {
-        Self.checkOutcome(Data((String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)).utf8), seed: 0)
-        Self.checkOutcome(Data((String(repeating: #"{"a":"#, count: 10_000) + "1" + String(repeating: "}", count: 10_000)).utf8), seed: 0)
-        Self.checkOutcome(Data(#"{"kind":"cancel","procedure_id":"\#(String(repeating: "\\u0000", count: 100_000))"}"#.utf8), seed: 0)
+        let arrays = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        Self.checkOutcome(Data(arrays.utf8), seed: 0)
+        let objects = String(repeating: #"{"a":"#, count: 10_000) + "1" + String(repeating: "}", count: 10_000)
+        Self.checkOutcome(Data(objects.utf8), seed: 0)
+        let nuls = String(repeating: "\\u0000", count: 100_000)
+        Self.checkOutcome(Data(#"{"kind":"cancel","procedure_id":"\#(nuls)"}"#.utf8), seed: 0)
     }
 
     @Test("valid requests of every kind survive encode then decode unchanged (random ids and times)")
@@ -119,7 +122,8 @@ struct IntakeFuzzTests {
         var random = SeededGenerator(seed: 42)
         let idCharacters = Array("abcXYZ019._:-")
         func id() -> String {
-            "P" + String((0..<Int.random(in: 0...40, using: &random)).map { _ in idCharacters.randomElement(using: &random)! })
+            let length = Int.random(in: 0...40, using: &random)
+            return "P" + String((0..<length).map { _ in idCharacters.randomElement(using: &random)! })
         }
         let zones = ["America/New_York", "Europe/Paris", "Asia/Kolkata", "UTC", "Pacific/Chatham"]
         for _ in 0..<300 {
@@ -131,8 +135,10 @@ struct IntakeFuzzTests {
                         id: id(), protocolID: "trigger-point-injection", performedAt: when,
                         patient: Patient(
                             id: id(), firstName: Bool.random(using: &random) ? "Zoë Ann" : nil, timeZone: zone,
-                            routes: [ContactRoute(channel: "sms", address: "+1555\(Int.random(in: 1_000_000...9_999_999, using: &random))"),
-                                     ContactRoute(channel: "email", address: "a.b@example.org", optedOut: true)]))),
+                            routes: [
+                                ContactRoute(channel: "sms", address: "+1555\(Int.random(in: 1_000_000...9_999_999, using: &random))"),
+                                ContactRoute(channel: "email", address: "a.b@example.org", optedOut: true),
+                            ]))),
                 .cancel(procedureID: id(), reason: Bool.random(using: &random) ? "declined \u{1F600}" : nil),
                 .reschedule(procedureID: id(), performedAt: when, timeZone: Bool.random(using: &random) ? zone : nil),
                 .replay(.reminder(id() + ".checkin-24h")),
