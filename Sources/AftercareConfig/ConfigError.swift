@@ -1,3 +1,4 @@
+import AftercareCore
 import Foundation
 
 /// A configuration or protocol file problem: the file, the line when known, and what was wrong.
@@ -13,5 +14,11 @@ public struct ConfigError: Error, Sendable, Hashable, CustomStringConvertible {
         self.message = message
     }
 
-    public var description: String { line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)" }
+    /// One line: parser messages can quote what they choked on, so control and bidi characters are
+    /// escaped and a long message is cut short.
+    public var description: String {
+        let file = InputRules.printable(file, limit: 400)
+        let message = InputRules.printable(message, limit: 400)
+        return line.map { "\(file):\($0): \(message)" } ?? "\(file): \(message)"
+    }
 }

@@ -56,6 +56,9 @@ public struct AftercareConfiguration: Sendable {
     public var channels: [String: String]
     public var retry: RetryPolicy
     public var dispatch: DispatchSettings
+    /// Sender name → the secrets it names, with the line of each, so a bad secret is reported at
+    /// the line that names it.
+    public var secretKeys: [String: [SecretKey]] = [:]
 
     /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
     /// are errors naming the file and line.
@@ -98,9 +101,9 @@ public struct AftercareConfiguration: Sendable {
         var database: String?
         var spool: String?
         if let paths = try root.subtable("paths") {
-            stateDirectory = try paths.string("state_directory").map(resolve) ?? stateDirectory
-            database = try paths.string("database").map(resolve)
-            spool = try paths.string("spool").map(resolve)
+            stateDirectory = try paths.path("state_directory", resolve: resolve) ?? stateDirectory
+            database = try paths.path("database", resolve: resolve)
+            spool = try paths.path("spool", resolve: resolve)
             try paths.rejectUnknownKeys()
         }
         let storage = StoragePaths(
@@ -108,7 +111,7 @@ public struct AftercareConfiguration: Sendable {
             spool: spool ?? stateDirectory + "/spool")
 
         guard let protocolsSection = try root.subtable("protocols"),
-            let files = try protocolsSection.strings("files"), !files.isEmpty
+            let files = try protocolsSection.paths("files", resolve: { $0 }), !files.isEmpty
         else {
             throw root.error("protocols", "missing [protocols] files = [\"protocols/trigger-point-injection.toml\"]")
         }
@@ -123,12 +126,15 @@ public struct AftercareConfiguration: Sendable {
         }
 
         var senders: [String: SenderSettings] = [:]
+        var secretKeys: [String: [SecretKey]] = [:]
         guard let sendersSection = try root.subtable("senders"), !sendersSection.table.keys.isEmpty else {
             throw root.error("senders", "missing [senders.NAME] tables (at least one sender is needed)")
         }
         for senderName in sendersSection.table.keys.sorted() {
             guard let section = try sendersSection.subtable(senderName) else { continue }
-            senders[senderName] = try readSender(section, resolve: resolve)
+            var keys: [SecretKey] = []
+            senders[senderName] = try readSender(section, resolve: resolve, secrets: &keys)
+            secretKeys[senderName] = keys
         }
         try sendersSection.rejectUnknownKeys()
 
@@ -173,13 +179,15 @@ public struct AftercareConfiguration: Sendable {
         }
         try root.rejectUnknownKeys()
 
-        return AftercareConfiguration(
+        var configuration = AftercareConfiguration(
             file: absolute,
             policy: ClinicPolicy(
                 clinicName: name, clinicPhone: phone, clinicTimeZone: zone, quietHours: quietHours,
                 urgentQuietHours: urgentQuietHours),
             protocols: protocols, paths: storage, senders: senders, channels: channels, retry: retry, dispatch: dispatch
         )
+        configuration.secretKeys = secretKeys
+        return configuration
     }
 
     private static func readWindow(_ section: Section, startKey: String, endKey: String) throws(ConfigError) -> QuietHours? {
@@ -200,7 +208,9 @@ public struct AftercareConfiguration: Sendable {
         }
     }
 
-    private static func readSender(_ section: Section, resolve: (String) -> String) throws(ConfigError) -> SenderSettings {
+    private static func readSender(
+        _ section: Section, resolve: (String) -> String, secrets: inout [SecretKey]
+    ) throws(ConfigError) -> SenderSettings {
         let kind = try section.requiredString("kind")
         for inline in ["secret", "password", "token"] where section.has(inline) {
             throw section.error(
@@ -210,19 +220,26 @@ public struct AftercareConfiguration: Sendable {
             var settings = TransportSettings()
             settings.connectTimeout = Double(try section.duration("connect_timeout", in: 1...300) ?? Int(settings.connectTimeout))
             settings.totalTimeout = Double(try section.duration("total_timeout", in: 1...600) ?? Int(settings.totalTimeout))
-            settings.caFile = try section.string("ca_file").map(resolve)
+            settings.caFile = try section.path("ca_file", resolve: resolve)
             return settings
         }
-        func credential(_ base: String) throws(ConfigError) -> CredentialSource? {
-            let file = try section.string(base + "_file")
+        func credential(_ base: String, use: SecretKey.Use) throws(ConfigError) -> CredentialSource? {
+            let file = try section.path(base + "_file", resolve: resolve)
             let name = try section.string(base + "_credential")
             switch (file, name) {
             case (nil, nil): return nil
-            case (let file?, nil): return .file(path: resolve(file))
+            case (let file?, nil):
+                secrets.append(SecretKey(key: base + "_file", line: section.line(of: base + "_file"), use: use,
+                                         source: .file(path: file)))
+                return .file(path: file)
             case (nil, let name?):
-                guard !name.isEmpty, !name.contains("/") else {
+                guard !name.isEmpty, !name.contains("/"), name != ".", name != "..",
+                    !name.unicodeScalars.contains(where: InputRules.isUnsafe)
+                else {
                     throw section.error(base + "_credential", "a credential name is a plain file name, not a path")
                 }
+                secrets.append(SecretKey(key: base + "_credential", line: section.line(of: base + "_credential"),
+                                         use: use, source: .credential(name: name)))
                 return .credential(name: name)
             default:
                 throw section.error(base + "_file", "give \(base)_file or \(base)_credential, not both")
@@ -269,10 +286,13 @@ public struct AftercareConfiguration: Sendable {
         let settings: SenderSettings
         switch kind {
         case "file":
-            settings = .file(outbox: resolve(try section.requiredString("outbox")))
+            guard let outbox = try section.path("outbox", resolve: resolve) else {
+                throw section.error(nil, "missing key 'outbox' in \(section.display)")
+            }
+            settings = .file(outbox: outbox)
         case "webhook":
             let (target, insecure) = try url(schemes: ["http", "https"], insecureKey: "allow_insecure_http")
-            guard let secret = try credential("secret") else {
+            guard let secret = try credential("secret", use: .webhookSecret) else {
                 throw section.error(nil, "a webhook sender needs secret_file or secret_credential (the whsec_ signing secret)")
             }
             settings = .webhook(WebhookSettings(url: target, secret: secret, allowInsecureHTTP: insecure, transport: try transport()))
@@ -281,7 +301,7 @@ public struct AftercareConfiguration: Sendable {
             let from = try address("from")
             let fromName = try displayName()
             let username = try section.string("username")
-            let password = try credential("password")
+            let password = try credential("password", use: .password)
             if username != nil && password == nil {
                 throw section.error("username", "a username needs password_file or password_credential")
             }
@@ -291,7 +311,7 @@ public struct AftercareConfiguration: Sendable {
                     allowInsecure: insecure, transport: try transport()))
         case "http-email":
             let (target, insecure) = try url(schemes: ["http", "https"], insecureKey: "allow_insecure_http")
-            guard let token = try credential("token") else {
+            guard let token = try credential("token", use: .token) else {
                 throw section.error(nil, "an http-email sender needs token_file or token_credential")
             }
             settings = .httpEmail(
@@ -323,9 +343,11 @@ public enum Credentials {
             }
             path = directory + "/" + name
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = access(path, F_OK) == 0 ? "not readable by this user" : "no such file"
-            throw ConfigError(file: path, line: nil, message: "cannot read secret: \(reason)")
+        let data: Data
+        do {
+            data = try SecretFile.read(path)
+        } catch {
+            throw ConfigError(file: path, line: nil, message: "cannot read secret: \(error.reason)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError(file: path, line: nil, message: "the secret is not UTF-8 text")
@@ -333,5 +355,88 @@ public enum Credentials {
         let secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !secret.isEmpty else { throw ConfigError(file: path, line: nil, message: "the secret file is empty") }
         return secret
+    }
+}
+
+/// A secret a sender names: which key, on which line, what it is for and where it is read from.
+public struct SecretKey: Sendable, Hashable {
+    /// What the secret is used as, which decides the shape it must have.
+    public enum Use: Sendable, Hashable {
+        case webhookSecret
+        case password
+        case token
+    }
+
+    /// `secret_file`, `password_credential`, …
+    public var key: String
+    public var line: Int?
+    public var use: Use
+    public var source: CredentialSource
+}
+
+extension AftercareConfiguration {
+    /// Reads every secret sender `name` needs and checks its shape: the one check that
+    /// `aftercare config check` and the daemon (at start and at each reload) both run, so one
+    /// refuses exactly what the other does. Errors name the configuration file and the line of the
+    /// key that names the secret; never the secret itself.
+    ///
+    /// - Parameter read: reads a secret (the daemon: `Credentials.read`; `config check` maps
+    ///   systemd credentials to files beside the configuration first).
+    /// - Returns: each secret by its source.
+    public func readSecrets(
+        ofSender name: String,
+        read: (CredentialSource) throws(ConfigError) -> String = { source throws(ConfigError) in
+            try Credentials.read(source)
+        }
+    ) throws(ConfigError) -> [CredentialSource: String] {
+        var secrets: [CredentialSource: String] = [:]
+        for secretKey in secretKeys[name] ?? [] {
+            func refuse(_ problem: String) -> ConfigError {
+                ConfigError(file: file, line: secretKey.line, message: "\(secretKey.key): \(problem)")
+            }
+            let secret: String
+            do {
+                secret = try read(secretKey.source)
+            } catch {
+                throw refuse(error.line == nil ? "\(error.file): \(error.message)" : error.description)
+            }
+            do {
+                switch secretKey.use {
+                case .webhookSecret: _ = try SecretRules.webhookSigningKey(secret)
+                case .password, .token: try SecretRules.checkToken(secret, field: "the secret")
+                }
+            } catch {
+                throw refuse("\(secretKey.source): \(error)")
+            }
+            secrets[secretKey.source] = secret
+        }
+        return secrets
+    }
+}
+
+/// Reads a small secret file, saying plainly why when it cannot.
+enum SecretFile {
+    struct Problem: Error {
+        var reason: String
+    }
+
+    static func read(_ path: String) throws(Problem) -> Data {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            let code = errno
+            switch code {
+            case ENOENT, ENOTDIR: throw Problem(reason: "no such file")
+            case EACCES: throw Problem(reason: "not readable by this user (permission denied)")
+            default: throw Problem(reason: String(cString: strerror(code)))
+            }
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw Problem(reason: info.st_mode & S_IFMT == S_IFDIR ? "a folder, not a file" : "not a regular file")
+        }
+        guard info.st_size <= 64 * 1024 else { throw Problem(reason: "larger than 64 KiB: not a secret") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Problem(reason: access(path, R_OK) == 0 ? "cannot be read" : "not readable by this user")
+        }
+        return data
     }
 }

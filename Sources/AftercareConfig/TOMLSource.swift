@@ -14,11 +14,19 @@ final class TOMLSource {
 
     init(path: String) throws(ConfigError) {
         self.path = path
-        let text: String
+        let data: Data
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw ConfigError(file: path, line: nil, message: "cannot read: \(Self.reason(error))")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            let bad = lines.firstIndex { String(data: Data($0), encoding: .utf8) == nil } ?? 0
+            throw ConfigError(file: path, line: bad + 1, message: "not UTF-8 text")
+        }
+        if let line = Self.malformedHeaderLine(text) {
+            throw ConfigError(file: path, line: line, message: "TOML syntax: a table header needs a name: [name]")
         }
         do {
             root = try TOMLTable(string: text)
@@ -79,6 +87,79 @@ final class TOMLSource {
         }
     }
 
+    /// The line of a table header whose `[` or `[[` is followed by neither a key nor `]`, such as a
+    /// lone `[`. toml++ asserts on these (a crash in debug builds, undefined behaviour in release),
+    /// so they are refused before it sees them. Strings, comments and multi-line array values are
+    /// skipped, as only a `[` that starts a statement opens a header.
+    static func malformedHeaderLine(_ text: String) -> Int? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        var line = 1
+        var depth = 0
+        var statementStart = true
+        func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\n"):
+                line += 1
+                if depth == 0 { statementStart = true }
+                index += 1
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                index += 1
+            case UInt8(ascii: "#"):
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\n") { index += 1 }
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                let triple = at(1) == byte && at(2) == byte
+                let close: [UInt8] = triple ? [byte, byte, byte] : [byte]
+                index += close.count
+                while index < bytes.count {
+                    if bytes[index] == UInt8(ascii: "\n") {
+                        if !triple { break }
+                        line += 1
+                    }
+                    if byte == UInt8(ascii: "\""), bytes[index] == UInt8(ascii: "\\") {
+                        if at(1) == UInt8(ascii: "\n") { line += 1 }
+                        index += 2
+                        continue
+                    }
+                    if Array(bytes[index..<min(bytes.count, index + close.count)]) == close {
+                        index += close.count
+                        break
+                    }
+                    index += 1
+                }
+                statementStart = false
+            case UInt8(ascii: "[") where statementStart && depth == 0:
+                index += 1
+                while at(0) == UInt8(ascii: " ") || at(0) == UInt8(ascii: "\t") { index += 1 }
+                if at(0) == UInt8(ascii: "[") { index += 1 }
+                while at(0) == UInt8(ascii: " ") || at(0) == UInt8(ascii: "\t") { index += 1 }
+                guard let next = at(0) else { return nil }
+                let isKeyStart = InputRules.isAlnum(next) || next == UInt8(ascii: "_") || next == UInt8(ascii: "-")
+                    || next == UInt8(ascii: "\"") || next == UInt8(ascii: "'") || next == UInt8(ascii: "]")
+                if !isKeyStart { return line }
+                statementStart = false
+                // The rest of a header is one line.
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\n") {
+                    if bytes[index] == UInt8(ascii: "\"") || bytes[index] == UInt8(ascii: "'") { break }
+                    index += 1
+                }
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                statementStart = false
+                index += 1
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth = max(0, depth - 1)
+                index += 1
+            default:
+                statementStart = false
+                index += 1
+            }
+        }
+        return nil
+    }
+
     private static func normalize(_ key: Substring) -> String {
         key.split(separator: ".").map {
             $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
@@ -106,11 +187,37 @@ final class Section {
     func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     func error(_ key: String?, _ message: String) -> ConfigError {
-        let line = key.flatMap { source.line(of: keyPath($0)) } ?? source.line(of: path)
+        // What is missing from the top level has no line of its own: the file's first line stands in.
+        let line = key.flatMap { source.line(of: keyPath($0)) } ?? source.line(of: path) ?? (path.isEmpty ? 1 : nil)
         return ConfigError(file: source.path, line: line, message: message)
     }
 
     func has(_ key: String) -> Bool { table[key] != nil }
+
+    func line(of key: String) -> Int? { source.line(of: keyPath(key)) }
+
+    /// A file or folder path: not empty, no control characters; resolved against the config's folder.
+    func path(_ key: String, resolve: (String) -> String) throws(ConfigError) -> String? {
+        guard let text = try string(key) else { return nil }
+        try checkPath(text, key: key)
+        return resolve(text)
+    }
+
+    /// An array of paths, each checked as `path` does (not resolved).
+    func paths(_ key: String, resolve: (String) -> String) throws(ConfigError) -> [String]? {
+        guard let texts = try strings(key) else { return nil }
+        for text in texts { try checkPath(text, key: key) }
+        return texts.map(resolve)
+    }
+
+    private func checkPath(_ text: String, key: String) throws(ConfigError) {
+        guard !text.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw error(key, "'\(keyPath(key))' is empty: give a path, or leave the key out for the default")
+        }
+        if text.unicodeScalars.contains(where: InputRules.isUnsafe) {
+            throw error(key, "'\(keyPath(key))' = \"\(InputRules.printable(text))\" holds a control character")
+        }
+    }
 
     private func value(_ key: String) -> (any TOMLValueConvertible)? {
         read.insert(key)

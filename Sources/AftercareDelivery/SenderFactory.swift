@@ -13,11 +13,29 @@ public enum SenderFactory {
         readSecret: (CredentialSource) throws -> String,
         engine: CurlEngine
     ) throws -> any Sender {
+        // The caller names the sender in its own message: errors from here must not name it again.
+        do {
+            return try build(
+                name: name, settings: settings, clinicName: clinicName, readSecret: readSecret, engine: engine)
+        } catch let error as DeliveryError {
+            let prefix = "sender '\(name)': "
+            let message = error.message
+            throw SenderSetupError(message: message.hasPrefix(prefix) ? String(message.dropFirst(prefix.count)) : message)
+        }
+    }
+
+    private static func build(
+        name: String,
+        settings: SenderSettings,
+        clinicName: String,
+        readSecret: (CredentialSource) throws -> String,
+        engine: CurlEngine
+    ) throws -> any Sender {
         func secret(_ source: CredentialSource) throws -> String {
             do {
                 return try readSecret(source)
             } catch {
-                throw DeliveryError(sender: name, "\(error)")
+                throw SenderSetupError(message: "\(error)")
             }
         }
         switch settings {
@@ -34,4 +52,11 @@ public enum SenderFactory {
                 name: name, settings: email, token: try secret(email.token), clinicName: clinicName, engine: engine)
         }
     }
+}
+
+/// Why a sender could not be built, without the sender's name (the caller says which sender).
+public struct SenderSetupError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(message: String) { self.message = message }
+    public var description: String { message }
 }

@@ -38,13 +38,13 @@ public struct WebhookSender: Sender {
         self.clock = clock
     }
 
-    /// The HMAC key inside a `whsec_` secret.
+    /// The HMAC key inside a `whsec_` secret, checked by the rule `config check` also applies.
     static func signingKey(_ secret: String, sender: String) throws(DeliveryError) -> Data {
-        guard secret.hasPrefix("whsec_"), let bytes = Data(base64Encoded: String(secret.dropFirst(6))), bytes.count >= 16
-        else {
-            throw DeliveryError(sender: sender, "the webhook secret must be whsec_ followed by at least 16 base64 bytes")
+        do {
+            return try SecretRules.webhookSigningKey(secret)
+        } catch {
+            throw DeliveryError(sender: sender, "\(error)")
         }
-        return bytes
     }
 
     /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.

@@ -98,12 +98,7 @@ struct AddCommand: AsyncParsableCommand {
 
         let spool = Spool(root: config.paths.spool)
         if !dryRun {
-            let name: String
-            do {
-                name = try spool.submit([.procedure(procedure)], label: procedure.id)
-            } catch {
-                throw CLIError("cannot queue the procedure: \(error)")
-            }
+            let name = try queue(.procedure(procedure), label: procedure.id, spool: spool, what: "the procedure")
             print("Queued procedure \(procedure.id) for patient \(procedure.patient.id) (spool file \(name)).")
             try SpoolReceipt.report(spool: spool, name: name, wait: wait)
         } else {

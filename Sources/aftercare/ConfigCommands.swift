@@ -27,20 +27,14 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             let config = try options.load()
-            for (name, settings) in config.senders.sorted(by: { $0.key < $1.key }) {
-                var sources: [CredentialSource] = []
-                switch settings {
-                case .file: break
-                case .webhook(let webhook): sources.append(webhook.secret)
-                case .smtp(let smtp): if let password = smtp.password { sources.append(password) }
-                case .httpEmail(let email): sources.append(email.token)
-                }
-                for source in sources {
-                    do {
-                        _ = try Credentials.read(Self.outsideSystemd(source, config: config))
-                    } catch {
-                        throw CLIError("sender '\(name)': \(error)")
+            for name in config.senders.keys.sorted() {
+                do {
+                    _ = try config.readSecrets(ofSender: name) { source throws(ConfigError) in
+                        try Credentials.read(Self.outsideSystemd(source, config: config))
                     }
+                } catch {
+                    // Word for word what the daemon says when it refuses the same sender.
+                    throw CLIError("sender '\(name)': \(error)")
                 }
             }
             print("\(config.file): OK")

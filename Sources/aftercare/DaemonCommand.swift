@@ -48,13 +48,26 @@ struct DaemonCommand: AsyncParsableCommand {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Builds the daemon's senders: network senders share one curl engine.
+/// Builds the daemon's senders: network senders share one curl engine. Secrets are read and
+/// checked by the configuration's `readSecrets`, the same check `aftercare config check` runs.
 enum SenderCatalog {
     static func maker(engine: CurlEngine) -> SenderMaker {
         { name, settings, config in
-            try SenderFactory.make(
+            // The daemon says "sender '<name>': " before this error, as `config check` does.
+            let secrets = try config.readSecrets(ofSender: name)
+            return try SenderFactory.make(
                 name: name, settings: settings, clinicName: config.policy.clinicName,
-                readSecret: { source in try Credentials.read(source) }, engine: engine)
+                readSecret: { source in
+                    guard let secret = secrets[source] else { throw SecretNotRead(source: source) }
+                    return secret
+                },
+                engine: engine)
         }
     }
+}
+
+/// A secret the configuration's check did not hand over (never expected: every source is read).
+struct SecretNotRead: Error, CustomStringConvertible {
+    var source: CredentialSource
+    var description: String { "\(source): not read" }
 }

@@ -5,26 +5,79 @@ import AftercareStore
 import ArgumentParser
 import Foundation
 
-/// Opens the database read-only, or explains why not.
+/// Opens the database read-only, or explains why not: a permission problem says what to do about
+/// it, apart from a database that does not exist yet.
 func openStore(_ config: AftercareConfiguration) throws -> ReminderStore {
+    let path = config.paths.database
+    if let denied = StaffAccess.readDenied(path) { throw CLIError(denied) }
     do {
-        return try ReminderStore(path: config.paths.database, readOnly: true)
+        return try ReminderStore(path: path, readOnly: true)
     } catch {
+        // A reader of a WAL database needs its -shm file; only the daemon (or root) may create it.
+        let folder = (path as NSString).deletingLastPathComponent
+        if access(path, R_OK) == 0, access(path + "-shm", F_OK) != 0, access(folder, W_OK) != 0 {
+            throw CLIError(
+                "cannot read \(path) while the daemon is stopped: its shared-memory file \(path)-shm is missing "
+                    + "and only the daemon may create it (start the daemon: systemctl start aftercare)")
+        }
         throw CLIError("\(error)")
     }
 }
 
-/// Queues a request and reports what the daemon made of it.
+/// Checks a request with the daemon's own intake rules, queues it and reports what the daemon made
+/// of it.
 func submit(_ request: IntakeRequest, label: String, config: AftercareConfiguration, wait: Double) throws {
-    let spool = Spool(root: config.paths.spool)
-    let name: String
     do {
-        name = try spool.submit([request], label: label)
+        try request.validate()
     } catch {
-        throw CLIError("cannot queue the request: \(error)")
+        throw CLIError("\(error)")
     }
+    let spool = Spool(root: config.paths.spool)
+    let name = try queue(request, label: label, spool: spool, what: "the request")
     print("Queued (spool file \(name)).")
     try SpoolReceipt.report(spool: spool, name: name, wait: wait)
+}
+
+/// Writes a request into the spool; a folder this user may not write is explained as such.
+func queue(_ request: IntakeRequest, label: String, spool: Spool, what: String) throws -> String {
+    do {
+        return try spool.submit([request], label: label)
+    } catch {
+        for folder in [spool.temporary.path, spool.incoming.path] {
+            if let denied = StaffAccess.writeDenied(folder) { throw CLIError(denied) }
+        }
+        throw CLIError("cannot queue \(what): \(error)")
+    }
+}
+
+/// What a user outside the staff group hits, said as what is wrong and what to do.
+enum StaffAccess {
+    static let group = "aftercare-staff"
+
+    static var advice: String {
+        let user = Spool.currentUser ?? "USER"
+        return "staff commands need membership of the \(group) group: ask your administrator to run "
+            + "`usermod -aG \(group) \(user)`, then log in again"
+    }
+
+    /// Why this user cannot read `path`, when permissions are the reason; nil when it can, or when
+    /// the file simply does not exist (the caller says that its own way).
+    static func readDenied(_ path: String) -> String? {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            return errno == EACCES ? "cannot read \(path): permission denied (\(advice))" : nil
+        }
+        return access(path, R_OK) == 0 ? nil : "cannot read \(path): permission denied (\(advice))"
+    }
+
+    /// Why this user cannot write into folder `path`, when permissions are the reason.
+    static func writeDenied(_ path: String) -> String? {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            return errno == EACCES ? "cannot write to the spool \(path): permission denied (\(advice))" : nil
+        }
+        return access(path, W_OK | X_OK) == 0 ? nil : "cannot write to the spool \(path): permission denied (\(advice))"
+    }
 }
 
 /// Checks a procedure exists before queueing a request about it, when the database is readable.
@@ -34,6 +87,7 @@ func checkKnown(_ procedureID: String, config: AftercareConfiguration) async thr
     } catch {
         throw CLIError("\(error)")
     }
+    guard StaffAccess.readDenied(config.paths.database) == nil else { return nil }
     guard let store = try? ReminderStore(path: config.paths.database, readOnly: true) else { return nil }
     guard let found = try await store.procedure(procedureID) else {
         throw CLIError("no procedure \(procedureID)")
@@ -145,9 +199,14 @@ struct ReplayCommand: AsyncParsableCommand {
         guard scopes == 1 else { throw CLIError("give exactly one of --reminder, --procedure or --since") }
         let scope: ReplayScope
         if let reminder {
-            let parts = reminder.split(separator: ".", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw CLIError("--reminder: '\(InputRules.printable(reminder))' is not PROCEDURE.STEP") }
-            _ = try await checkKnown(parts[0], config: config)
+            do {
+                try InputRules.checkReminderID(reminder, field: "--reminder")
+            } catch {
+                throw CLIError("\(error)")
+            }
+            if let procedureID = IntakeRequest.replay(.reminder(reminder)).procedureID {
+                _ = try await checkKnown(procedureID, config: config)
+            }
             scope = .reminder(reminder)
         } else if let procedure {
             _ = try await checkKnown(procedure, config: config)

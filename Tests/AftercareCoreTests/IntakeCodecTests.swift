@@ -83,8 +83,8 @@ struct IntakeCodecTests {
         #expect(problem(line.replacingOccurrences(of: "\"opted_out\":true", with: "\"opted_out\":\"yes\""))
             == "'patient.routes[1].opted_out' must be true or false")
         #expect(problem(#"{"kind":"delete","procedure_id":"P-1"}"#).hasPrefix("unknown kind 'delete'"))
-        #expect(problem(#"{"kind":"reschedule","procedure_id":"P-1"}"#) == "procedure P-1: reschedule needs performed_at or time_zone")
-        #expect(problem(#"{"kind":"replay","reminder_id":"P-1"}"#).contains("is not <procedure>.<step>"))
+        #expect(problem(#"{"kind":"reschedule","procedure_id":"P-1"}"#) == "procedure P-1: reschedule: needs performed_at or time_zone")
+        #expect(problem(#"{"kind":"replay","reminder_id":"P-1"}"#) == "reminder_id 'P-1': is not PROCEDURE.STEP")
         #expect(problem(line + "\n" + #"{"kind":"cancel"}"#) == "line 2: missing field 'procedure_id'")
     }
 

@@ -218,8 +218,8 @@ struct ValidationTests {
     func rules() {
         #expect(problem { _ in } == nil)
         #expect(problem { $0.id = "" } == "procedure_id: must not be empty")
-        #expect(problem { $0.id = "P 1" }?.hasPrefix("procedure_id: may hold only") == true)
-        #expect(problem { $0.patient.id = "-x" } == "patient.id: must start with a letter or digit")
+        #expect(problem { $0.id = "P 1" }?.hasPrefix("procedure_id 'P 1': may hold only") == true)
+        #expect(problem { $0.patient.id = "-x" } == "patient.id '-x': must start with a letter or digit")
         #expect(problem { $0.patient.firstName = "Ana\nBcc: x" }?.contains("control character (U+000A)") == true)
         #expect(problem { $0.patient.timeZone = "Mars/Base" }?.contains("is not a known IANA time zone") == true)
         #expect(problem { $0.patient.routes = [] } == "patient.routes: at least one contact route is needed")

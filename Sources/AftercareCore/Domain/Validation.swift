@@ -4,67 +4,130 @@ import Foundation
 public struct ValidationError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The field that was wrong, as the user wrote it (`patient.routes[1].to`).
     public var field: String
+    /// The value that was refused, when showing it helps (escaped and cut short when shown).
+    public var value: String?
     /// What was wrong with it.
     public var problem: String
 
-    public init(field: String, problem: String) {
+    public init(field: String, value: String? = nil, problem: String) {
         self.field = field
+        self.value = value
         self.problem = problem
     }
 
-    public var description: String { "\(field): \(problem)" }
+    public var description: String {
+        guard let value else { return "\(field): \(problem)" }
+        return "\(field) '\(InputRules.printable(value, limit: 40))': \(problem)"
+    }
 }
 
 /// The shapes aftercare accepts at its edges. Everything that reaches the store or a message has
 /// passed these checks, so no control character can reach a header, a file name or a log line.
 public enum InputRules {
+    /// The longest procedure or patient id.
+    public static let maxIdentifierLength = 64
+    /// The longest step or channel name.
+    public static let maxNameLength = 32
+
     /// Procedure and patient ids: a letter or digit, then letters, digits, `.`, `_`, `:` or `-`; at
     /// most 64 characters.
     public static func checkIdentifier(_ value: String, field: String) throws(ValidationError) {
-        guard !value.isEmpty else { throw ValidationError(field: field, problem: "must not be empty") }
-        guard value.utf8.count <= 64 else { throw ValidationError(field: field, problem: "longer than 64 characters") }
-        let bytes = Array(value.utf8)
-        guard isAlnum(bytes[0]) else {
-            throw ValidationError(field: field, problem: "must start with a letter or digit")
-        }
-        for byte in bytes where !(isAlnum(byte) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_")
-            || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "-"))
-        {
+        try checkWord(
+            value, field: field, maxLength: maxIdentifierLength, allowed: Set("._:-".utf8),
+            shape: "letters, digits and . _ : -")
+    }
+
+    /// Who asked for a request (`requested_by`, a log's actor): a user name of letters, digits and
+    /// `.`, `_`, `-`, `@`, `$`, starting with a letter, digit or `_`; at most 64 characters.
+    public static func checkActor(_ value: String, field: String) throws(ValidationError) {
+        try checkWord(
+            value, field: field, maxLength: maxIdentifierLength, allowed: Set("._-@$".utf8),
+            shape: "letters, digits and . _ - @ $", leading: Set("_".utf8))
+    }
+
+    /// A reminder id, `<procedure id>.<step name>` (as `aftercare show` prints it). Step names hold
+    /// no `.`, so the last one splits them.
+    public static func checkReminderID(_ value: String, field: String) throws(ValidationError) {
+        guard value.utf8.count <= maxIdentifierLength + 1 + maxNameLength else {
             throw ValidationError(
-                field: field,
-                problem: "may hold only letters, digits and . _ : - (found \(describe(byte)))"
-            )
+                field: field, value: value,
+                problem: "longer than \(maxIdentifierLength + 1 + maxNameLength) characters")
+        }
+        guard let dot = value.lastIndex(of: ".") else {
+            throw ValidationError(field: field, value: value, problem: "is not PROCEDURE.STEP")
+        }
+        do {
+            try checkIdentifier(String(value[..<dot]), field: field)
+            try checkName(String(value[value.index(after: dot)...]), field: field)
+        } catch {
+            throw ValidationError(field: field, value: value, problem: "is not PROCEDURE.STEP (\(error.problem))")
+        }
+    }
+
+    private static func checkWord(
+        _ value: String, field: String, maxLength: Int, allowed: Set<UInt8>, shape: String,
+        leading: Set<UInt8> = []
+    ) throws(ValidationError) {
+        guard !value.isEmpty else { throw ValidationError(field: field, problem: "must not be empty") }
+        guard value.utf8.count <= maxLength else {
+            throw ValidationError(field: field, value: value, problem: "longer than \(maxLength) characters")
+        }
+        let bytes = Array(value.utf8)
+        guard isAlnum(bytes[0]) || leading.contains(bytes[0]) else {
+            throw ValidationError(field: field, value: value, problem: "must start with a letter or digit")
+        }
+        for byte in bytes where !(isAlnum(byte) || allowed.contains(byte)) {
+            throw ValidationError(
+                field: field, value: value, problem: "may hold only \(shape) (found \(describe(byte)))")
         }
     }
 
     /// Step and channel names: lower-case letters, digits and `-`, starting with a letter.
     public static func checkName(_ value: String, field: String) throws(ValidationError) {
         let bytes = Array(value.utf8)
-        guard let first = bytes.first, first >= UInt8(ascii: "a"), first <= UInt8(ascii: "z"), bytes.count <= 32 else {
-            throw ValidationError(field: field, problem: "must be 1-32 characters starting with a lower-case letter")
+        guard let first = bytes.first, first >= UInt8(ascii: "a"), first <= UInt8(ascii: "z"),
+            bytes.count <= maxNameLength
+        else {
+            throw ValidationError(
+                field: field, value: value,
+                problem: "must be 1-\(maxNameLength) characters starting with a lower-case letter")
         }
         for byte in bytes
         where !((byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
             || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-"))
         {
-            throw ValidationError(field: field, problem: "may hold only a-z, 0-9 and - (found \(describe(byte)))")
+            throw ValidationError(
+                field: field, value: value, problem: "may hold only a-z, 0-9 and - (found \(describe(byte)))")
         }
     }
 
     /// Free text that goes into messages or headers (a first name, a clinic name): no control
-    /// characters at all, CR and LF included, and not blank.
+    /// characters at all (C0, DEL, C1, CR and LF included), no bidi overrides or isolates, and not
+    /// blank. The length counts Unicode scalars, so combining marks cannot stretch it.
     public static func checkText(_ value: String, field: String, maxLength: Int = 200) throws(ValidationError) {
+        guard value.unicodeScalars.count <= maxLength else {
+            throw ValidationError(field: field, value: value, problem: "longer than \(maxLength) characters")
+        }
+        if let bad = value.unicodeScalars.first(where: { isUnsafe($0) }) {
+            let what = isBidiControl(bad) ? "a bidi control" : "a control character"
+            throw ValidationError(field: field, value: value, problem: "contains \(what) (U+\(hex(bad.value)))")
+        }
         guard !value.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw ValidationError(field: field, problem: "must not be blank")
         }
-        guard value.count <= maxLength else {
-            throw ValidationError(field: field, problem: "longer than \(maxLength) characters")
-        }
-        if let bad = value.unicodeScalars.first(where: { $0.properties.generalCategory == .control
-            || $0 == "\u{2028}" || $0 == "\u{2029}" })
-        {
-            throw ValidationError(field: field, problem: "contains a control character (U+\(hex(bad.value)))")
-        }
+    }
+
+    /// Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): they reorder what a
+    /// terminal or a log viewer shows.
+    public static func isBidiControl(_ scalar: Unicode.Scalar) -> Bool {
+        (0x202A...0x202E).contains(scalar.value) || (0x2066...0x2069).contains(scalar.value)
+    }
+
+    /// A scalar that must never reach a header, a log line or a terminal: C0 and C1 controls, DEL,
+    /// line and paragraph separators, bidi controls.
+    public static func isUnsafe(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.properties.generalCategory == .control || scalar == "\u{2028}" || scalar == "\u{2029}"
+            || isBidiControl(scalar)
     }
 
     /// An E.164 phone number: `+`, then 7 to 15 digits, the first not zero.
@@ -127,13 +190,15 @@ public enum InputRules {
         }
     }
 
-    static func isAlnum(_ byte: UInt8) -> Bool {
+    /// An ASCII letter or digit.
+    public static func isAlnum(_ byte: UInt8) -> Bool {
         (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
             || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
     }
 
     static func describe(_ byte: UInt8) -> String {
-        byte >= 0x21 && byte < 0x7F ? "'\(Character(UnicodeScalar(byte)))'" : "byte 0x\(hex(UInt32(byte)))"
+        byte >= 0x21 && byte < 0x7F
+            ? "'\(Character(UnicodeScalar(byte)))'" : "byte 0x\(String(hex(UInt32(byte)).suffix(2)))"
     }
 
     static func hex(_ value: UInt32) -> String {
@@ -141,15 +206,18 @@ public enum InputRules {
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 
-    /// The value with control characters shown as `\u{…}`, safe to echo in a one-line error.
-    public static func printable(_ value: String) -> String {
+    /// The value with control, format and bidi characters shown as `\u{…}` and cut after `limit`
+    /// scalars, safe to echo in a one-line error.
+    public static func printable(_ value: String, limit: Int = 80) -> String {
         var out = ""
-        for scalar in value.unicodeScalars.prefix(80) {
-            if scalar.properties.generalCategory == .control { out += "\\u{\(hex(scalar.value))}" } else {
+        for scalar in value.unicodeScalars.prefix(limit) {
+            if isUnsafe(scalar) || scalar.properties.generalCategory == .format {
+                out += "\\u{\(hex(scalar.value))}"
+            } else {
                 out.unicodeScalars.append(scalar)
             }
         }
-        return value.unicodeScalars.count > 80 ? out + "…" : out
+        return value.unicodeScalars.count > limit ? out + "…" : out
     }
 }
 

@@ -30,9 +30,41 @@ public enum IntakeRequest: Sendable, Hashable {
         switch self {
         case .procedure(let procedure): return procedure.id
         case .cancel(let id, _), .reschedule(let id, _, _): return id
-        case .replay(.reminder(let id)): return id.split(separator: ".").first.map(String.init)
+        case .replay(.reminder(let id)): return id.lastIndex(of: ".").map { String(id[..<$0]) }
         case .replay(.procedure(let id)): return id
         case .replay: return nil
+        }
+    }
+
+    /// Checks every field the request carries, in every kind: what passes can be stored, logged
+    /// and echoed safely. The one check both the staff commands and the daemon's intake run.
+    public func validate() throws(ValidationError) {
+        switch self {
+        case .procedure(let procedure):
+            try procedure.validate()
+        case .cancel(let id, let reason):
+            try InputRules.checkIdentifier(id, field: "procedure_id")
+            if let reason { try InputRules.checkText(reason, field: "reason") }
+        case .reschedule(let id, let performedAt, let timeZone):
+            try InputRules.checkIdentifier(id, field: "procedure_id")
+            guard performedAt != nil || timeZone != nil else {
+                throw ValidationError(field: "reschedule", problem: "needs performed_at or time_zone")
+            }
+            if let performedAt { try Self.checkYear(performedAt, field: "performed_at") }
+            if let timeZone { try InputRules.checkTimeZone(timeZone, field: "time_zone") }
+        case .replay(.reminder(let id)):
+            try InputRules.checkReminderID(id, field: "reminder_id")
+        case .replay(.procedure(let id)):
+            try InputRules.checkIdentifier(id, field: "procedure_id")
+        case .replay(.deadSince(let date)):
+            try Self.checkYear(date, field: "dead_since")
+        }
+    }
+
+    private static func checkYear(_ date: Date, field: String) throws(ValidationError) {
+        let year = Calendar(identifier: .gregorian).component(.year, from: date)
+        guard (2000...2100).contains(year) else {
+            throw ValidationError(field: field, problem: "year \(year) is outside 2000-2100")
         }
     }
 }
@@ -48,19 +80,26 @@ public enum ReplayScope: Sendable, Hashable {
 /// Why an intake file could not be read. `line` is the JSON Lines line, when there is one.
 public struct IntakeError: Error, Sendable, Hashable, CustomStringConvertible {
     public var line: Int?
+    /// The procedure the refused request is about; only ever a valid id, as it reaches the log.
     public var procedureID: String?
     public var problem: String
 
+    /// - Parameter procedureID: kept only when it is a valid id; an invalid one is named in
+    ///   `problem`, escaped, instead.
     public init(line: Int? = nil, procedureID: String? = nil, problem: String) {
         self.line = line
-        self.procedureID = procedureID
+        self.procedureID = procedureID.flatMap { id in
+            (try? InputRules.checkIdentifier(id, field: "procedure_id")) == nil ? nil : id
+        }
         self.problem = problem
     }
 
+    /// One line, with every untrusted part escaped.
     public var description: String {
         var parts: [String] = []
         if let line { parts.append("line \(line)") }
         if let procedureID { parts.append("procedure \(procedureID)") }
+        let problem = InputRules.printable(problem, limit: 400)
         return parts.isEmpty ? problem : parts.joined(separator: ", ") + ": " + problem
     }
 }
@@ -92,7 +131,7 @@ public enum IntakeCodec {
         for line in data.split(separator: UInt8(ascii: "\n")).prefix(1) {
             if let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
                 let name = object["requested_by"] as? String,
-                (try? InputRules.checkIdentifier(name, field: "requested_by")) != nil
+                (try? InputRules.checkActor(name, field: "requested_by")) != nil
             {
                 return name
             }
@@ -158,41 +197,28 @@ public enum IntakeCodec {
             throw IntakeError(line: line, problem: "expected a JSON object")
         }
         var fields = Fields(object: object, line: line)
-        _ = try fields.optionalString("requested_by")
+        if let requestedBy = try fields.optionalString("requested_by") {
+            try check(line, nil) { () throws(ValidationError) in
+                try InputRules.checkActor(requestedBy, field: "requested_by")
+            }
+        }
         let kind = try fields.optionalString("kind") ?? "procedure"
         let request: IntakeRequest
         switch kind {
         case "procedure":
             request = .procedure(try decodeProcedure(&fields))
         case "cancel":
-            let id = try fields.string("procedure_id")
-            try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
-            let reason = try fields.optionalString("reason")
-            if let reason {
-                try check(line, id) { () throws(ValidationError) in try InputRules.checkText(reason, field: "reason") }
-            }
-            request = .cancel(procedureID: id, reason: reason)
+            request = .cancel(
+                procedureID: try fields.string("procedure_id"), reason: try fields.optionalString("reason"))
         case "reschedule":
-            let id = try fields.string("procedure_id")
-            try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
-            let performedAt = try fields.optionalTimestamp("performed_at")
-            let zone = try fields.optionalString("time_zone")
-            if let zone {
-                try check(line, id) { () throws(ValidationError) in try InputRules.checkTimeZone(zone, field: "time_zone") }
-            }
-            guard performedAt != nil || zone != nil else {
-                throw IntakeError(line: line, procedureID: id, problem: "reschedule needs performed_at or time_zone")
-            }
-            request = .reschedule(procedureID: id, performedAt: performedAt, timeZone: zone)
+            request = .reschedule(
+                procedureID: try fields.string("procedure_id"),
+                performedAt: try fields.optionalTimestamp("performed_at"),
+                timeZone: try fields.optionalString("time_zone"))
         case "replay":
             if let reminder = try fields.optionalString("reminder_id") {
-                let parts = reminder.split(separator: ".", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else {
-                    throw IntakeError(line: line, problem: "reminder_id '\(InputRules.printable(reminder))' is not <procedure>.<step>")
-                }
                 request = .replay(.reminder(reminder))
             } else if let id = try fields.optionalString("procedure_id") {
-                try check(line, id) { () throws(ValidationError) in try InputRules.checkIdentifier(id, field: "procedure_id") }
                 request = .replay(.procedure(id))
             } else if let since = try fields.optionalTimestamp("dead_since") {
                 request = .replay(.deadSince(since))
@@ -202,9 +228,11 @@ public enum IntakeCodec {
         default:
             throw IntakeError(
                 line: line,
-                problem: "unknown kind '\(InputRules.printable(kind))' (expected procedure, cancel, reschedule or replay)"
+                problem: "unknown kind '\(InputRules.printable(kind, limit: 40))' "
+                    + "(expected procedure, cancel, reschedule or replay)"
             )
         }
+        try check(line, request.procedureID) { () throws(ValidationError) in try request.validate() }
         try fields.rejectUnknown(procedureID: request.procedureID)
         return request
     }
@@ -251,7 +279,6 @@ public enum IntakeCodec {
             performedAt: performedAt,
             patient: Patient(id: patientID, firstName: firstName, timeZone: zone, routes: routes)
         )
-        try check(fields.line, id) { () throws(ValidationError) in try procedure.validate() }
         return procedure
     }
 

@@ -177,3 +177,36 @@ public struct RetryPolicy: Sendable, Hashable {
         return max(retryAfter ?? 0, max(0, base + spread))
     }
 }
+
+/// The shapes of the secrets senders use. `aftercare config check`, the daemon's start and reload,
+/// and the senders themselves all check through these, so they refuse the same secrets.
+public enum SecretRules {
+    /// The shortest HMAC key a `whsec_` secret may carry (Standard Webhooks: 24 to 64 bytes).
+    public static let minimumWebhookKeyBytes = 24
+
+    /// The HMAC key inside a `whsec_` secret: `whsec_` then the base64 of at least 24 bytes.
+    public static func webhookSigningKey(_ secret: String) throws(ValidationError) -> Data {
+        guard secret.hasPrefix("whsec_") else {
+            throw ValidationError(
+                field: "webhook secret",
+                problem: "must start with whsec_ (Standard Webhooks), followed by base64 of at least "
+                    + "\(minimumWebhookKeyBytes) random bytes")
+        }
+        guard let bytes = Data(base64Encoded: String(secret.dropFirst(6))) else {
+            throw ValidationError(field: "webhook secret", problem: "the part after whsec_ is not base64")
+        }
+        guard bytes.count >= minimumWebhookKeyBytes else {
+            throw ValidationError(
+                field: "webhook secret",
+                problem: "the key after whsec_ is \(bytes.count) bytes; at least \(minimumWebhookKeyBytes) are needed")
+        }
+        return bytes
+    }
+
+    /// A password or API token: one line of printable text.
+    public static func checkToken(_ secret: String, field: String) throws(ValidationError) {
+        if secret.unicodeScalars.contains(where: InputRules.isUnsafe) {
+            throw ValidationError(field: field, problem: "contains a control character or a line break")
+        }
+    }
+}
