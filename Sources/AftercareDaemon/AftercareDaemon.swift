@@ -148,24 +148,28 @@ public final class AftercareDaemon: Service, Sendable {
             var restored = false
             switch watcher.ensureWatching(spool) {
             case .intact:
-                if lastProblem != nil { logger.notice("spool folders are back: intake resumes") }
+                if lastProblem != nil {
+                    logger.notice("spool folders are back: intake resumes")
+                    restored = true
+                }
                 lastProblem = nil
             case .restored(let what):
                 logger.error("\(what)")
                 lastProblem = nil
                 restored = true
             case .broken(let problem):
-                // Said once per distinct problem, not at every check.
+                // Said once per distinct problem, not at every check; looked at again soon, as a
+                // removal still under way (rm -rf) can race the recreation.
                 if problem != lastProblem { logger.error("spool unusable, intake stopped until it is mended: \(problem)") }
                 lastProblem = problem
             }
-            if reasons.contains(.spool) || retryPending || restored {
+            if lastProblem == nil && (reasons.contains(.spool) || retryPending || restored) {
                 retryPending = await ingestSpool(spool: spool, store: store) != nil
                 wakeup.signal(.spool)
             }
-            await intakeWakeup.wait(
-                until: nil, realTimeLimit: .seconds(retryPending ? Intake.settleSeconds : Intake.folderCheckSeconds),
-                clock: clock)
+            let pause = lastProblem != nil ? Intake.folderRetrySeconds
+                : retryPending ? Intake.settleSeconds : Intake.folderCheckSeconds
+            await intakeWakeup.wait(until: nil, realTimeLimit: .seconds(pause), clock: clock)
         }
     }
 

@@ -359,6 +359,8 @@ struct SpoolFolderTests {
 
     /// Removes or moves the spool away under a running daemon, waits for the daemon to put the
     /// folders back, then drops a file and expects it ingested without a restart.
+    /// - Parameter timeout: how long the daemon may take to notice; the file that follows must be
+    ///   taken sooner than the periodic check would look, so the new folder must be watched.
     private func recovers(timeout: Double, _ takeAway: (DaemonHarness) throws -> Void) async throws {
         let harness = try DaemonHarness(start: Self.afternoon)
         harness.start()
@@ -374,10 +376,12 @@ struct SpoolFolderTests {
         // The daemon (not the writer below, which would also create it) recreates incoming/.
         #expect(await harness.eventually(timeout: timeout) {
             FileManager.default.fileExists(atPath: incoming) && !FileManager.default.fileExists(atPath: marker)
+                && FileManager.default.fileExists(atPath: harness.spool.rejected.path)
         })
-        #expect(FileManager.default.fileExists(atPath: harness.spool.rejected.path))
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-after", at: Self.afternoon))], label: "a")
-        #expect(await harness.eventually { (try? await harness.store().procedure("P-after")) != nil })
+        #expect(await harness.eventually(timeout: Intake.folderCheckSeconds / 2) {
+            (try? await harness.store().procedure("P-after")) != nil
+        })
         try await harness.stop()
     }
 

@@ -31,6 +31,8 @@ public struct Intake: Sendable {
     /// How often the daemon makes sure the spool folders are there and watched, even when nothing
     /// arrives: the safety net for a folder moved away without a word from inotify.
     static let folderCheckSeconds: TimeInterval = 5
+    /// How soon to look again while a spool folder cannot be recreated.
+    static let folderRetrySeconds: TimeInterval = 0.5
 
     /// Returns when to look again even without an inotify event, if ever.
     public func run() async -> Date? {
