@@ -108,7 +108,8 @@ public final class AftercareDaemon: Service, Sendable {
                     }
                 }
                 group.addTask {
-                    await self.intakeLoop(store: store, spool: spool, watcher: watcher, retryPending: firstRetryAt != nil)
+                    await self.intakeLoop(
+                        store: store, spool: spool, watcher: watcher, retryPending: firstRetryAt != nil)
                 }
                 group.addTask {
                     try await self.dispatchLoop(store: store)
@@ -160,7 +161,9 @@ public final class AftercareDaemon: Service, Sendable {
             case .broken(let problem):
                 // Said once per distinct problem, not at every check; looked at again soon, as a
                 // removal still under way (rm -rf) can race the recreation.
-                if problem != lastProblem { logger.error("spool unusable, intake stopped until it is mended: \(problem)") }
+                if problem != lastProblem {
+                    logger.error("spool unusable, intake stopped until it is mended: \(problem)")
+                }
                 lastProblem = problem
             }
             if lastProblem == nil && (reasons.contains(.spool) || retryPending || restored) {

@@ -3,7 +3,7 @@ import Testing
 
 @Suite("status tells staff what the spool could not take", .serialized)
 struct SpoolStatusTests {
-    @Test("refused entries are counted, a missing incoming/ is called out, and the daemon's log stays one line per event")
+    @Test("refused entries are counted, a missing incoming/ is called out, the daemon's log is one line per event")
     func refusedAndMissing() throws {
         let harness = try CLIHarness()
         let daemon = try harness.startDaemon()
@@ -22,8 +22,8 @@ struct SpoolStatusTests {
         #expect(status.status == 0, "\(status.stderr)")
         // The half-written-looking file is refused once it has settled; the FIFO and the link at once.
         #expect(harness.eventually(timeout: 15) {
-            (try? harness.run(["status"]).stdout.range(of: #"Spool rejected\s+3 file\(s\)"#, options: .regularExpression))
-                .flatMap { $0 } != nil
+            let shown = try? harness.run(["status"]).stdout
+            return shown?.range(of: #"Spool rejected\s+3 file\(s\)"#, options: .regularExpression) != nil
         })
         #expect(!status.stdout.contains("Spool problem"))
 

@@ -53,6 +53,7 @@ struct UntrustedTextTests {
         let raw: [UInt8] = [0x61, 0xFF, 0x0A, 0xC3, 0xA9, 0xE2, 0x82, 0x1B]
         #expect(UntrustedText.escaped(bytes: raw) == #"a\x{FF}\né\x{E2}\x{82}\u{1B}"#)
         #expect(UntrustedText.escaped(bytes: Array("fine.json".utf8)) == "fine.json")
-        #expect(UntrustedText.escaped(bytes: [UInt8](repeating: 0xFF, count: 300), limit: 2) == #"\x{FF}\x{FF}…(+298 chars)"#)
+        #expect(UntrustedText.escaped(bytes: [UInt8](repeating: 0xFF, count: 300), limit: 2)
+            == #"\x{FF}\x{FF}…(+298 chars)"#)
     }
 }

@@ -56,7 +56,9 @@ private final class IntakeBench: Sendable {
         try FileManager.default.contentsOfDirectory(atPath: spool.rejected.path).sorted()
     }
 
-    func reason(_ name: String) throws -> String { try String(contentsOfFile: rejected(name + ".error"), encoding: .utf8) }
+    func reason(_ name: String) throws -> String {
+        try String(contentsOfFile: rejected(name + ".error"), encoding: .utf8)
+    }
 
     func kind(_ path: String) -> mode_t {
         var info = stat()
@@ -95,16 +97,18 @@ struct SpoolHardeningTests {
 
     @Test("a symbolic link to the database is moved as a link, never opened; the database stays whole")
     func symlinkToDatabase() async throws {
-        let python = try #require(ProcessInfo.processInfo.environment["AFTERCARE_TEST_PYTHON"], "set AFTERCARE_TEST_PYTHON")
+        let python = try #require(
+            ProcessInfo.processInfo.environment["AFTERCARE_TEST_PYTHON"], "set AFTERCARE_TEST_PYTHON")
         let harness = try DaemonHarness(start: Self.afternoon)
         harness.start()
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-1", at: Self.afternoon))], label: "P-1")
         let database = harness.state + "/aftercare.sqlite"
         #expect(await harness.eventually { (try? await harness.store().procedure("P-1")) != nil })
         let incoming = harness.spool.incoming.path
-        try FileManager.default.createSymbolicLink(atPath: incoming + "/evil.json", withDestinationPath: database)
-        try FileManager.default.createSymbolicLink(atPath: incoming + "/wal.json", withDestinationPath: database + "-wal")
-        try FileManager.default.createSymbolicLink(atPath: incoming + "/nowhere.json", withDestinationPath: "/nonexistent")
+        let links = [("evil.json", database), ("wal.json", database + "-wal"), ("nowhere.json", "/nonexistent")]
+        for (name, target) in links {
+            try FileManager.default.createSymbolicLink(atPath: incoming + "/" + name, withDestinationPath: target)
+        }
         // Wake the daemon: a symbolic link made in place raises no event that intake listens for.
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-2", at: Self.afternoon))], label: "P-2")
         let rejected = harness.spool.rejected.path
@@ -147,7 +151,8 @@ struct SpoolHardeningTests {
     func notRegularFiles() async throws {
         let bench = try IntakeBench()
         #expect(mkfifo(bench.incoming("pipe.json"), 0o666) == 0)
-        try FileManager.default.createDirectory(atPath: bench.incoming("folder.json"), withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(
+            atPath: bench.incoming("folder.json"), withIntermediateDirectories: false)
         try bench.drop("folder.json/inside.json", IntakeBench.procedureJSON("P-inside"))
         let device = mknod(bench.incoming("null.json"), S_IFCHR | 0o666, dev_t((1 << 8) | 3)) == 0
         let socketFD = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -157,7 +162,9 @@ struct SpoolHardeningTests {
         let socketPath = Array(bench.incoming("s.json").utf8)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: socketPath) }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         try bench.drop("good.json", IntakeBench.procedureJSON("P-good"))
 
@@ -211,7 +218,8 @@ struct SpoolHardeningTests {
         lseek(fd, 0, SEEK_SET)
         #expect(Spool.readBounded(fd, limit: 1000, expected: 1 << 30) == .tooLarge(read: 1001))
         lseek(fd, 0, SEEK_SET)
-        #expect(Spool.readBounded(fd, limit: 1 << 20, expected: 1 << 20) == .complete(Data(repeating: 0x41, count: 1 << 20)))
+        let whole = Data(repeating: 0x41, count: 1 << 20)
+        #expect(Spool.readBounded(fd, limit: 1 << 20, expected: 1 << 20) == .complete(whole))
     }
 
     @Test("a file the daemon may not read is refused with the reason, not retried forever")
@@ -255,8 +263,11 @@ struct SpoolHardeningTests {
         #expect(names.count == 2)
         let moved = try #require(names.first { !$0.hasSuffix(".error") })
         #expect(moved.hasPrefix("bad-__.json-") && names.contains(moved + ".error"))
-        #expect(try bench.reason(moved) == #"the file name is not valid UTF-8 (name in incoming/: bad-\x{FF}\x{FE}.json)"# + "\n")
-        #expect(bench.journalLines.contains { $0.contains(#"rejected bad-\x{FF}\x{FE}.json (now rejected/bad-__.json-"#) })
+        #expect(try bench.reason(moved)
+            == #"the file name is not valid UTF-8 (name in incoming/: bad-\x{FF}\x{FE}.json)"# + "\n")
+        #expect(bench.journalLines.contains {
+            $0.contains(#"rejected bad-\x{FF}\x{FE}.json (now rejected/bad-__.json-"#)
+        })
     }
 
     @Test("a 255-byte name, too long for its .error sibling, is refused under a shortened name")
@@ -304,13 +315,14 @@ struct SpoolHardeningTests {
         #expect(try bench.reason("half.json") == "not valid JSON\n")
     }
 
-    @Test("names and ids with line breaks, ESC or bidi controls reach the journal and .error files escaped, one line each")
+    @Test("names and ids with line breaks, ESC or bidi controls reach the journal and .error files escaped, one line")
     func logInjection() async throws {
         let bench = try IntakeBench()
         let hostileName = "evil\n<3>forged line\u{1B}[2J\u{202E}nosj.json"
         try bench.drop(hostileName, "{\"procedure_id\": ")
         try bench.drop("crlf.json", #"{"kind":"cancel","procedure_id":"A\r\n<3>forged\u001b[31m\u202eB"}"#)
-        try bench.drop("long.json", #"{"kind":"cancel","procedure_id":""# + String(repeating: "Z", count: 10_000) + #""}"#)
+        let longID = String(repeating: "Z", count: 10_000)
+        try bench.drop("long.json", #"{"kind":"cancel","procedure_id":""# + longID + #""}"#)
         await bench.pass()
         #expect(try bench.incomingNames().isEmpty)
 
@@ -321,7 +333,9 @@ struct SpoolHardeningTests {
             #expect(!line.unicodeScalars.contains { UntrustedText.needsEscape($0) && $0 != "\n" })
             #expect(line.unicodeScalars.count < 2_000)
         }
-        #expect(lines.contains { $0.contains(#"rejected evil\n<3>forged line\u{1B}[2J\u{202E}nosj.json: not valid JSON"#) })
+        #expect(lines.contains {
+            $0.contains(#"rejected evil\n<3>forged line\u{1B}[2J\u{202E}nosj.json: not valid JSON"#)
+        })
 
         for name in try bench.rejectedNames() where name.hasSuffix(".error") {
             let text = try String(contentsOfFile: bench.rejected(name), encoding: .utf8)
@@ -344,7 +358,9 @@ struct SpoolHardeningTests {
             lines.withLock { $0.append(line) }
         }
         let logger = Logger(label: "t", factory: { _ in handler })
-        logger.warning("id A\r\nB\u{0}\u{1B}]0;title\u{07}\u{2067}", metadata: ["file": "x\ny", "n": "\(String(repeating: "q", count: 5_000))"])
+        logger.warning(
+            "id A\r\nB\u{0}\u{1B}]0;title\u{07}\u{2067}",
+            metadata: ["file": "x\ny", "n": "\(String(repeating: "q", count: 5_000))"])
         let line = try? #require(lines.withLock { $0 }.first)
         #expect(lines.withLock { $0.count } == 1)
         #expect(line?.hasPrefix(#"<4>id A\r\nB\0\u{1B}]0;title\u{07}\u{2067} file=x\ny n=q"#) == true)

@@ -13,7 +13,9 @@ public struct Intake: Sendable {
     let clock: any WallClock
     let logger: Logger
 
-    public init(spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger) {
+    public init(
+        spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger
+    ) {
         self.spool = spool
         self.store = store
         self.config = config
@@ -88,7 +90,8 @@ public struct Intake: Sendable {
                     actor: Self.actor(file.ownerUID, data: data))
                 continue
             }
-            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: Self.actor(file.ownerUID, data: data))))
+            let actor = Self.actor(file.ownerUID, data: data)
+            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: actor)))
             batchRequests += requests.count
             if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
                 if !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
@@ -162,7 +165,10 @@ public struct Intake: Sendable {
         guard let careProtocol = config.protocols[procedure.protocolID] else {
             let known = config.protocols.keys.sorted().joined(separator: ", ")
             return .failure(
-                IntakeError(procedureID: procedure.id, problem: "unknown protocol '\(procedure.protocolID)' (configured: \(known))")
+                IntakeError(
+                    procedureID: procedure.id,
+                    problem: "unknown protocol '\(procedure.protocolID)' (configured: \(known))"
+                )
             )
         }
         guard procedure.patient.routes.contains(where: { config.channels[$0.channel] != nil }) else {

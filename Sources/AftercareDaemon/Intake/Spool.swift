@@ -215,14 +215,17 @@ public struct Spool: Sendable {
         if let refusal = Self.refusal(info, limit: maxFileSize) { return .refused(refusal) }
         var fd: Int32
         repeat {
-            fd = withCName(file.rawName) { openat(folder, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) }
+            fd = withCName(file.rawName) {
+                openat(folder, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+            }
         } while fd < 0 && errno == EINTR
         guard fd >= 0 else {
             let code = errno
             switch code {
             case ENOENT: return .gone
             case ELOOP: return .refused("\(EntryKind.symbolicLink) is not a spool file")
-            case EMFILE, ENFILE, ENOMEM, EAGAIN: return .later("cannot open \(file.displayName): \(String(cString: strerror(code)))")
+            case EMFILE, ENFILE, ENOMEM, EAGAIN:
+                return .later("cannot open \(file.displayName): \(String(cString: strerror(code)))")
             default: return .refused("cannot be read: \(String(cString: strerror(code)))")
             }
         }
@@ -243,7 +246,9 @@ public struct Spool: Sendable {
         guard info.st_nlink == 1 else {
             return "the file has \(info.st_nlink) hard links; spool files are moved in with rename, never linked"
         }
-        guard info.st_size <= limit else { return "the file is \(info.st_size) bytes, over the limit of \(limit) bytes" }
+        guard info.st_size <= limit else {
+            return "the file is \(info.st_size) bytes, over the limit of \(limit) bytes"
+        }
         return nil
     }
 
@@ -320,7 +325,8 @@ public struct Spool: Sendable {
                 unlinkat(to, target + ".error", 0)
                 if code == EEXIST { continue }
                 if code == ENOENT { return nil }
-                throw SpoolError("cannot move \(file.displayName) to \(rejected.path): \(String(cString: strerror(code)))")
+                throw SpoolError(
+                    "cannot move \(file.displayName) to \(rejected.path): \(String(cString: strerror(code)))")
             }
             fsync(to)
             fsync(from)

@@ -63,7 +63,9 @@ final class SpoolWatcher: @unchecked Sendable {
         let watched = WatchState(first)
         self.watched = watched
         thread = Thread { [watched] in
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0),
+            ]
             // Aligned for inotify_event; big enough for many events at once.
             let capacity = 64 * 1024
             let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
@@ -109,7 +111,8 @@ final class SpoolWatcher: @unchecked Sendable {
     }
 
     private static func addWatch(_ fd: Int32, _ folder: String) throws -> Watch {
-        let descriptor = inotify_add_watch(fd, folder, fileEvents | folderEvents | UInt32(IN_ONLYDIR) | UInt32(IN_DONT_FOLLOW))
+        let mask = fileEvents | folderEvents | UInt32(IN_ONLYDIR) | UInt32(IN_DONT_FOLLOW)
+        let descriptor = inotify_add_watch(fd, folder, mask)
         guard descriptor >= 0 else { throw SpoolError("cannot watch \(folder): \(String(cString: strerror(errno)))") }
         var info = stat()
         guard lstat(folder, &info) == 0 else {
@@ -158,7 +161,8 @@ final class SpoolWatcher: @unchecked Sendable {
         }
         let what = created.isEmpty
             ? "\(folder) was replaced"
-            : "spool folder(s) \(created.map { $0 + "/" }.joined(separator: ", ")) were missing under \(spool.root.path)"
+            : "spool folder(s) \(created.map { $0 + "/" }.joined(separator: ", ")) were missing under "
+                + spool.root.path
         return .restored("\(what) (removed or moved while the daemon ran?); recreated, watching \(folder) again")
     }
 

@@ -71,7 +71,8 @@ public struct JournalLogHandler: LogHandler {
         var line = journal ? Self.prefix(level) : ISO8601DateFormatter().string(from: date) + " \(level) "
         line += UntrustedText.escaped(message, limit: Self.messageLimit)
         for key in metadata.keys.sorted() {
-            line += " \(UntrustedText.escaped(key))=\(UntrustedText.escaped("\(metadata[key]!)", limit: Self.valueLimit))"
+            let value = UntrustedText.escaped("\(metadata[key]!)", limit: Self.valueLimit)
+            line += " \(UntrustedText.escaped(key))=\(value)"
         }
         return line + "\n"
     }
@@ -84,7 +85,9 @@ public struct JournalLogHandler: LogHandler {
         lock.withLock { _ in
             var offset = 0
             while offset < bytes.count {
-                let written = bytes.withUnsafeMutableBytes { Foundation.write(2, $0.baseAddress! + offset, $0.count - offset) }
+                let written = bytes.withUnsafeMutableBytes {
+                    Foundation.write(2, $0.baseAddress! + offset, $0.count - offset)
+                }
                 if written <= 0 { return }
                 offset += written
             }
