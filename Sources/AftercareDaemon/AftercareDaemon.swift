@@ -111,7 +111,8 @@ public final class AftercareDaemon: Service, Sendable {
                     }
                 }
                 group.addTask {
-                    await self.intakeLoop(store: store, spool: spool, retryPending: firstRetryAt != nil)
+                    await self.intakeLoop(
+                        store: store, spool: spool, watcher: watcher, retryPending: firstRetryAt != nil)
                 }
                 group.addTask {
                     try await self.dispatchLoop(store: store)
@@ -143,18 +144,42 @@ public final class AftercareDaemon: Service, Sendable {
     static let storageRetry = Duration.seconds(5)
 
     /// Picks the spool up whenever inotify says something arrived, independently of delivery, so a
-    /// slow receiver never holds back intake.
-    private func intakeLoop(store: ReminderStore, spool: Spool, retryPending first: Bool) async {
+    /// slow receiver never holds back intake. On every wake-up, and at least every
+    /// ``Intake/folderCheckSeconds``, it makes sure the spool folders are there and watched: a
+    /// removed or replaced `incoming/` is recreated, watched again and read, without a restart.
+    private func intakeLoop(store: ReminderStore, spool: Spool, watcher: SpoolWatcher, retryPending first: Bool) async {
         var retryPending = first
+        var lastProblem: String?
         while true {
             let reasons = intakeWakeup.take()
             if isShuttingDown || reasons.contains(.shutdown) { return }
-            if reasons.contains(.spool) || retryPending {
+            var restored = false
+            switch watcher.ensureWatching(spool) {
+            case .intact:
+                if lastProblem != nil {
+                    logger.notice("spool folders are back: intake resumes")
+                    restored = true
+                }
+                lastProblem = nil
+            case .restored(let what):
+                logger.error("\(what)")
+                lastProblem = nil
+                restored = true
+            case .broken(let problem):
+                // Said once per distinct problem, not at every check; looked at again soon, as a
+                // removal still under way (rm -rf) can race the recreation.
+                if problem != lastProblem {
+                    logger.error("spool unusable, intake stopped until it is mended: \(problem)")
+                }
+                lastProblem = problem
+            }
+            if lastProblem == nil && (reasons.contains(.spool) || retryPending || restored) {
                 retryPending = await ingestSpool(spool: spool, store: store) != nil
                 wakeup.signal(.spool)
             }
-            await intakeWakeup.wait(
-                until: nil, realTimeLimit: retryPending ? .seconds(Intake.settleSeconds) : nil, clock: clock)
+            let pause = lastProblem != nil ? Intake.folderRetrySeconds
+                : retryPending ? Intake.settleSeconds : Intake.folderCheckSeconds
+            await intakeWakeup.wait(until: nil, realTimeLimit: .seconds(pause), clock: clock)
         }
     }
 

@@ -112,6 +112,11 @@ struct StatusCommand: AsyncParsableCommand {
             ("Spool waiting", "\(waiting) file(s)"),
             ("Spool rejected", "\(rejected) file(s)\(rejected > 0 ? "  (see \(spool.rejected.path))" : "")"),
         ]
+        var folder = stat()
+        if lstat(spool.incoming.path, &folder) != 0 || (folder.st_mode & S_IFMT) != S_IFDIR {
+            lines.append(("Spool problem", "\(spool.incoming.path) is missing or not a folder: intake is stopped "
+                + "until the daemon recreates it (see its journal)"))
+        }
         if status.dueNow > 0 && waiting > 0 {
             lines.append(("Note", "work is waiting: is the daemon running?"))
         }

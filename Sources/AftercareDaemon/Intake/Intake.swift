@@ -13,7 +13,9 @@ public struct Intake: Sendable {
     let clock: any WallClock
     let logger: Logger
 
-    public init(spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger) {
+    public init(
+        spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger
+    ) {
         self.spool = spool
         self.store = store
         self.config = config
@@ -28,6 +30,11 @@ public struct Intake: Sendable {
     /// A file that fails to parse and is younger than this may still be being written by a careless
     /// producer: look again later rather than refuse it.
     static let settleSeconds: TimeInterval = 5
+    /// How often the daemon makes sure the spool folders are there and watched, even when nothing
+    /// arrives: the safety net for a folder moved away without a word from inotify.
+    static let folderCheckSeconds: TimeInterval = 5
+    /// How soon to look again while a spool folder cannot be recreated.
+    static let folderRetrySeconds: TimeInterval = 0.5
 
     /// Returns when to look again even without an inotify event, if ever.
     public func run() async -> Date? {
@@ -49,26 +56,42 @@ public struct Intake: Sendable {
             return true
         }
         for file in files {
-            let data: Data
-            do {
-                data = try spool.read(file)
-            } catch {
-                // Gone already (another pass took it) or unreadable: look again shortly.
+            let young = Date().timeIntervalSince(file.modified) < Self.settleSeconds
+            // A writer that links a file in and then unlinks its own name (maildir style) is done
+            // within moments; a hard link that stays is refused unopened.
+            if file.kind == .regular && file.linkCount > 1 && young {
                 retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
+                continue
+            }
+            let data: Data
+            switch spool.read(file) {
+            case .contents(let contents):
+                data = contents
+            case .gone:
+                continue
+            case .later(let why):
+                logger.warning("cannot read \(file.displayName) now, will look again: \(why)")
+                retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
+                continue
+            case .refused(let reason):
+                await refuse(file, reason: reason, procedureID: nil, actor: Self.actor(file.ownerUID, data: Data()))
                 continue
             }
             let requests: [IntakeRequest]
             do {
                 requests = try IntakeCodec.decode(data)
             } catch {
-                if Date().timeIntervalSince(file.modified) < Self.settleSeconds {
+                if young {
                     retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
                     continue
                 }
-                await refuse(file, because: error, actor: Self.actor(file.ownerUID, data: data))
+                await refuse(
+                    file, reason: Self.describe(error), procedureID: error.procedureID,
+                    actor: Self.actor(file.ownerUID, data: data))
                 continue
             }
-            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: Self.actor(file.ownerUID, data: data))))
+            let actor = Self.actor(file.ownerUID, data: data)
+            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: actor)))
             batchRequests += requests.count
             if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
                 if !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
@@ -96,9 +119,9 @@ public struct Intake: Sendable {
             switch outcome {
             case .applied(let summary):
                 done.append(file.name)
-                logger.info("ingested \(file.name): \(summary)")
+                logger.info("ingested \(file.displayName): \(summary)")
             case .rejected(let error):
-                moveToRejected(file, reason: error.description)
+                moveToRejected(file, reason: Self.describe(error))
             }
         }
         // Only now, with the transaction committed and synced, may the files go.
@@ -106,21 +129,33 @@ public struct Intake: Sendable {
         return true
     }
 
-    private func refuse(_ file: Spool.PendingFile, because error: IntakeError, actor: String) async {
+    private func refuse(_ file: Spool.PendingFile, reason: String, procedureID: String?, actor: String) async {
         try? await store.logEvent(
-            LogEntry(at: clock.now(), event: .rejected, procedureID: error.procedureID, actor: actor,
-                     detail: "\(file.name): \(error)")
+            LogEntry(at: clock.now(), event: .rejected, procedureID: procedureID, actor: actor,
+                     detail: "\(file.displayName): \(UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit))")
         )
-        moveToRejected(file, reason: error.description)
+        moveToRejected(file, reason: reason)
     }
 
     private func moveToRejected(_ file: Spool.PendingFile, reason: String) {
+        let shown = UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit)
         do {
-            try spool.reject(file.name, reason: reason)
-            logger.warning("rejected \(file.name): \(reason)")
+            guard let target = try spool.reject(file, reason: reason) else { return }
+            let renamed = target == file.name ? "" : " (now rejected/\(target))"
+            logger.warning("rejected \(file.displayName)\(renamed): \(shown)")
         } catch {
-            logger.error("cannot move \(file.name) to rejected/: \(error)")
+            logger.error("cannot move \(file.displayName) to rejected/: \(error); refused because \(shown)")
         }
+    }
+
+    /// An intake error as one line for a log or an `.error` file: the id escaped and cut to
+    /// ``UntrustedText/idLimit``, the problem (which may quote the request) to a reason's bound.
+    static func describe(_ error: IntakeError) -> String {
+        var parts: [String] = []
+        if let line = error.line { parts.append("line \(line)") }
+        if let id = error.procedureID { parts.append("procedure \(UntrustedText.escaped(id))") }
+        let problem = UntrustedText.escaped(error.problem, limit: UntrustedText.reasonLimit)
+        return parts.isEmpty ? problem : parts.joined(separator: ", ") + ": " + problem
     }
 
     /// The plan for a procedure under `config`, or why it cannot be planned.
@@ -130,7 +165,10 @@ public struct Intake: Sendable {
         guard let careProtocol = config.protocols[procedure.protocolID] else {
             let known = config.protocols.keys.sorted().joined(separator: ", ")
             return .failure(
-                IntakeError(procedureID: procedure.id, problem: "unknown protocol '\(procedure.protocolID)' (configured: \(known))")
+                IntakeError(
+                    procedureID: procedure.id,
+                    problem: "unknown protocol '\(procedure.protocolID)' (configured: \(known))"
+                )
             )
         }
         guard procedure.patient.routes.contains(where: { config.channels[$0.channel] != nil }) else {
