@@ -164,7 +164,7 @@ struct AuditCommand: AsyncParsableCommand {
                     "row \(number): the stored text does NOT match the hash \(entry.messageHash ?? "?") the log "
                         + "chained when it was sent (the message table was altered)")
             }
-            let reminder = [entry.procedureID, entry.stepID].compactMap { $0 }.map(InputRules.printable)
+            let reminder = [entry.procedureID, entry.stepID].compactMap { $0 }.map { InputRules.printable($0) }
                 .joined(separator: ".")
             print("row \(number): attempt \(entry.attempt.map(String.init) ?? "?") of \(reminder) at "
                 + "\(Timestamp.format(entry.at, in: .gmt)) via \(entry.channel ?? "?") (\(entry.outcome ?? "?"))")

@@ -110,7 +110,7 @@ struct ConfigAndAccessTests {
         rename(harness.state + "/spool/tmp/" + name, harness.state + "/spool/incoming/" + name)
         #expect(harness.eventually { !harness.incomingFiles().contains(name) }, "the daemon never took the file")
         let reason = try? String(contentsOfFile: harness.state + "/spool/rejected/" + name + ".error", encoding: .utf8)
-        #expect(reason?.contains(#"procedure_id 'A\u{0000}b'"#) == true, "\(reason ?? "no .error file")")
+        #expect(reason?.contains(#"procedure_id 'A\0b'"#) == true, "\(reason ?? "no .error file")")
         let shown = try harness.run(["show", "A"])
         #expect(shown.status == 0 && !shown.stdout.contains("cancelled"), "\(shown.stdout)")
         let verified = try harness.run(["audit", "verify"])

@@ -65,15 +65,19 @@ struct StorageFaultTests {
         await harness.settle()
 
         // Another process takes the write lock and keeps it; then the 24 h reminders fall due.
+        // On a thread of its own: a lock holder must not occupy the test's cooperative pool.
         let intruder = try DatabaseQueue(path: harness.state + "/aftercare.sqlite")
         let release = Mutex(false)
-        let holder = Task.detached {
-            try intruder.writeWithoutTransaction { db in
+        let released = Mutex(false)
+        let holder = Thread {
+            try? intruder.writeWithoutTransaction { db in
                 try db.execute(sql: "BEGIN EXCLUSIVE")
                 while !release.withLock({ $0 }) { usleep(10_000) }
                 try db.execute(sql: "COMMIT")
             }
+            released.withLock { $0 = true }
         }
+        holder.start()
         try await Task.sleep(for: .milliseconds(200))
         harness.clock.set(Self.afternoon.addingTimeInterval(86400))
         // The claim waits out SQLite's busy timeout (10 s), fails, and the pipeline pauses.
@@ -84,7 +88,7 @@ struct StorageFaultTests {
         #expect(harness.outboxFiles().count == 2)
 
         release.withLock { $0 = true }
-        try await holder.value
+        #expect(await harness.eventually { released.withLock { $0 } })
         // Recovery without a restart: the 24 h reminders go out within the retry pause.
         #expect(await harness.eventually(timeout: 15) { harness.outboxFiles().count == 4 })
         #expect(await harness.deliveredCount(reaches: 4))

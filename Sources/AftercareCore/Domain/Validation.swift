@@ -206,18 +206,9 @@ public enum InputRules {
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 
-    /// The value with control, format and bidi characters shown as `\u{…}` and cut after `limit`
-    /// scalars, safe to echo in a one-line error.
+    /// The value made safe to echo in a one-line error (see ``UntrustedText``), cut after `limit` scalars.
     public static func printable(_ value: String, limit: Int = 80) -> String {
-        var out = ""
-        for scalar in value.unicodeScalars.prefix(limit) {
-            if isUnsafe(scalar) || scalar.properties.generalCategory == .format {
-                out += "\\u{\(hex(scalar.value))}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return value.unicodeScalars.count > limit ? out + "…" : out
+        UntrustedText.escaped(value, limit: limit)
     }
 }
 
