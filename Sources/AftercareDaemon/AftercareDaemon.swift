@@ -29,6 +29,7 @@ public final class AftercareDaemon: Service, Sendable {
     private let intakeWakeup = Wakeup()
     private let shuttingDown = Mutex(false)
     private let runtime: Mutex<Runtime?> = Mutex(nil)
+    private let trouble = Mutex(Trouble())
     private let handlesSIGHUP: Bool
     /// When the log head was last written to the journal.
     private let lastWitness: Mutex<Date?> = Mutex(nil)
@@ -156,16 +157,19 @@ public final class AftercareDaemon: Service, Sendable {
             var restored = false
             switch watcher.ensureWatching(spool) {
             case .intact:
+                trouble.withLock { $0.spool = nil }
                 if lastProblem != nil {
                     logger.notice("spool folders are back: intake resumes")
                     restored = true
                 }
                 lastProblem = nil
             case .restored(let what):
+                trouble.withLock { $0.spool = nil }
                 logger.error("\(what)")
                 lastProblem = nil
                 restored = true
             case .broken(let problem):
+                trouble.withLock { $0.spool = problem }
                 // Said once per distinct problem, not at every check; looked at again soon, as a
                 // removal still under way (rm -rf) can race the recreation.
                 if problem != lastProblem {
@@ -211,6 +215,8 @@ public final class AftercareDaemon: Service, Sendable {
         // Outcomes the store refused are waiting to be written: only writing them clears the fault.
         var outcomesRefused = false
         func storageFailed(_ what: String, _ error: any Error) {
+            trouble.withLock { $0.dispatchStore = "\(what): \(error)" }
+            lastStatus = .now - .seconds(60)  // say so in the status line at once
             if storageFailingSince == nil {
                 storageFailingSince = .now
                 logger.error("\(what) failed: \(error); retrying every \(Self.storageRetry), watchdog paused")
@@ -220,6 +226,8 @@ public final class AftercareDaemon: Service, Sendable {
             storageRetryAt = .now + Self.storageRetry
         }
         func storageWorked() {
+            if trouble.withLock({ $0.dispatchStore }) != nil { lastStatus = .now - .seconds(60) }
+            trouble.withLock { $0.dispatchStore = nil }
             if let since = storageFailingSince {
                 logger.notice("the store works again after \(ContinuousClock.now - since); delivery resumes")
             }
@@ -248,7 +256,10 @@ public final class AftercareDaemon: Service, Sendable {
 
         try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
             while true {
-                if storageFailingSince == nil { notifier.watchdogPing() }
+                // Fed only while the pipeline can make progress: neither dispatch nor intake has the
+                // store refusing its work.
+                let intakeStoreFailing = trouble.withLock { $0.intakeStore != nil }
+                if storageFailingSince == nil && !intakeStoreFailing { notifier.watchdogPing() }
                 guard let current = runtime.withLock({ $0 }) else { return }
                 let dispatch = current.config.dispatch
                 let limit = max(1, dispatch.maxConcurrent)
@@ -483,9 +494,10 @@ public final class AftercareDaemon: Service, Sendable {
     private func ingestSpool(spool: Spool, store: ReminderStore) async -> Date? {
         guard let current = runtime.withLock({ $0 }) else { return nil }
         let intake = Intake(spool: spool, store: store, config: current.config, clock: clock, logger: logger)
-        let retryAt = await intake.run()
+        let pass = await intake.run()
+        trouble.withLock { $0.intakeStore = pass.storeFailure }
         HeapTrim.release(force: true)
-        return retryAt
+        return pass.retryAt
     }
 
     private func reload(store: ReminderStore) async {
@@ -535,13 +547,36 @@ public final class AftercareDaemon: Service, Sendable {
     }
 
     private func statusLine(_ store: ReminderStore) async throws -> String {
-        let status = try await store.status(now: clock.now())
+        let problems = trouble.withLock { $0.summary }
+        guard let status = try? await store.status(now: clock.now()) else {
+            return problems ?? "cannot read the queue's figures"
+        }
         var line = "scheduled \(status.count(.scheduled)), due \(status.dueNow), retrying \(status.retrying), "
             + "dead \(status.count(.dead)), expired \(status.count(.expired))"
         if let last = status.lastDelivery {
             line += ", last delivery \(Timestamp.format(last, in: .gmt))"
         }
-        return line
+        // Trouble first: systemctl status shows the start of the line.
+        return problems.map { "\($0); " + line } ?? line
+    }
+}
+
+/// What keeps the daemon from making progress right now, for its status line and its watchdog.
+struct Trouble: Sendable {
+    /// The store refused the dispatch pipeline's work (claims, outcomes).
+    var dispatchStore: String?
+    /// The store refused spool files.
+    var intakeStore: String?
+    /// A spool folder is missing and cannot be recreated, or is not a folder.
+    var spool: String?
+
+    /// One line for the status, or nil when all is well.
+    var summary: String? {
+        var parts: [String] = []
+        if let dispatchStore { parts.append("STORE FAILING, delivery paused (\(dispatchStore))") }
+        if let intakeStore { parts.append("STORE FAILING, intake paused (\(intakeStore))") }
+        if let spool { parts.append("SPOOL UNUSABLE (\(spool))") }
+        return parts.isEmpty ? nil : UntrustedText.escaped(parts.joined(separator: "; "), limit: 300)
     }
 }
 

@@ -80,18 +80,24 @@ struct StorageFaultTests {
         holder.start()
         try await Task.sleep(for: .milliseconds(200))
         harness.clock.set(Self.afternoon.addingTimeInterval(86400))
+        // A procedure arrives meanwhile: intake cannot store it either, and keeps the file.
+        try harness.spool.submit([.procedure(DaemonHarness.procedure("P-during", at: Self.afternoon.addingTimeInterval(86400)))], label: "during")
         // The claim waits out SQLite's busy timeout (10 s), fails, and the pipeline pauses.
         try await Task.sleep(for: .seconds(12))
         let pingsDuringFault = notifier.pingCount
         try await Task.sleep(for: .seconds(1))
         #expect(notifier.pingCount == pingsDuringFault, "the watchdog is still fed while the store fails")
         #expect(harness.outboxFiles().count == 2)
+        #expect(notifier.statusLines.contains { $0.hasPrefix("STORE FAILING") }, "\(notifier.statusLines)")
+        #expect(try harness.spool.pendingFiles().count == 1, "the file must wait in incoming/ while the store fails")
 
         release.withLock { $0 = true }
         #expect(await harness.eventually { released.withLock { $0 } })
         // Recovery without a restart: the 24 h reminders go out within the retry pause.
-        #expect(await harness.eventually(timeout: 15) { harness.outboxFiles().count == 4 })
-        #expect(await harness.deliveredCount(reaches: 4))
+        // The file that waited is ingested and its first-day reminders go out too.
+        #expect(await harness.eventually(timeout: 20) { harness.outboxFiles().count == 6 })
+        #expect(await harness.deliveredCount(reaches: 6))
+        #expect(await harness.eventually { !(notifier.statusLines.last ?? "").contains("FAILING") })
         let pingsAfter = notifier.pingCount
         #expect(await harness.eventually(timeout: 5) { notifier.pingCount > pingsAfter })
 
@@ -100,6 +106,7 @@ struct StorageFaultTests {
         let store = try harness.store()
         let (_, reminders) = try #require(try await store.procedure("P-lock"))
         #expect(reminders.filter { $0.state == .delivered }.count == 4)
+        #expect(try await store.procedure("P-during") != nil)
         if case .broken(let seq, let reason) = try await store.verifyLog() {
             Issue.record("delivery log chain broken at row \(seq): \(reason)")
         }

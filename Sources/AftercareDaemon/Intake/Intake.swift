@@ -3,6 +3,7 @@ import AftercareCore
 import AftercareStore
 import Foundation
 import Logging
+import Synchronization
 
 /// One pass over the spool: read what waits in `incoming/`, apply it in as few transactions as
 /// possible, then remove what is durable and refuse what is bad.
@@ -36,14 +37,25 @@ public struct Intake: Sendable {
     /// How soon to look again while a spool folder cannot be recreated.
     static let folderRetrySeconds: TimeInterval = 0.5
 
-    /// Returns when to look again even without an inotify event, if ever.
-    public func run() async -> Date? {
+    /// What one pass over the spool came to.
+    public struct Pass: Sendable {
+        /// When to look again even without an inotify event, if ever.
+        public var retryAt: Date?
+        /// Why the store refused the files read in this pass, if it did; they stay in `incoming/`.
+        public var storeFailure: String?
+    }
+
+    public func run() async -> Pass {
         let files: [Spool.PendingFile]
         do {
             files = try spool.pendingFiles()
         } catch {
             logger.error("\(error)")
-            return clock.now().addingTimeInterval(5)
+            return Pass(retryAt: clock.now().addingTimeInterval(5))
+        }
+        let storeFailure = FailureNote()
+        func failed() -> Pass {
+            Pass(retryAt: clock.now().addingTimeInterval(5), storeFailure: storeFailure.text.withLock { $0 })
         }
         var retryAt: Date?
         var batch: [(Spool.PendingFile, IntakeBatchFile)] = []
@@ -52,7 +64,7 @@ public struct Intake: Sendable {
         var applying: Task<Bool, Never>?
         func submit(_ ready: [(Spool.PendingFile, IntakeBatchFile)]) async -> Bool {
             if let previous = applying, !(await previous.value) { return false }
-            applying = Task { await apply(ready) }
+            applying = Task { await apply(ready, failure: storeFailure) }
             return true
         }
         for file in files {
@@ -94,17 +106,17 @@ public struct Intake: Sendable {
             batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: actor)))
             batchRequests += requests.count
             if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
-                if !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
+                if !(await submit(batch)) { return failed() }
                 batch.removeAll(keepingCapacity: true)
                 batchRequests = 0
             }
         }
-        if !batch.isEmpty, !(await submit(batch)) { return clock.now().addingTimeInterval(5) }
-        if let last = applying, !(await last.value) { return clock.now().addingTimeInterval(5) }
-        return retryAt
+        if !batch.isEmpty, !(await submit(batch)) { return failed() }
+        if let last = applying, !(await last.value) { return failed() }
+        return Pass(retryAt: retryAt)
     }
 
-    private func apply(_ batch: [(Spool.PendingFile, IntakeBatchFile)]) async -> Bool {
+    private func apply(_ batch: [(Spool.PendingFile, IntakeBatchFile)], failure: FailureNote) async -> Bool {
         let config = self.config
         let plan: PlanFunction = { procedure, now in Self.plan(procedure, config: config, now: now) }
         let outcomes: [IntakeFileOutcome]
@@ -112,6 +124,7 @@ public struct Intake: Sendable {
             outcomes = try await store.ingest(batch.map(\.1), now: clock.now(), plan: plan)
         } catch {
             logger.error("intake of \(batch.count) file(s) failed, will retry: \(error)")
+            failure.text.withLock { $0 = "\(error)" }
             return false
         }
         var done: [String] = []
@@ -192,4 +205,9 @@ public struct Intake: Sendable {
         if let stated = IntakeCodec.requestedBy(data) { return "\(stated) (stated)" }
         return uid == 65534 ? "unknown" : "uid \(uid)"
     }
+}
+
+/// Why the store refused a batch, handed from the task that applied it to the pass that reports it.
+final class FailureNote: Sendable {
+    let text = Mutex<String?>(nil)
 }
