@@ -328,9 +328,12 @@ extension ReminderStore {
             var arguments: StatementArguments = []
             switch scope {
             case .reminder(let id):
-                let parts = id.split(separator: ".", maxSplits: 1).map(String.init)
+                // Step ids hold no dot; procedure ids may: the step is what follows the last dot.
+                let dot = id.lastIndex(of: ".")
+                let procedureID = dot.map { String(id[..<$0]) } ?? id
+                let stepID = dot.map { String(id[id.index(after: $0)...]) } ?? ""
                 sql += " AND r.procedure_id = CAST(? AS TEXT) AND r.step_id = CAST(? AS TEXT)"
-                arguments = [exact(parts[0]), exact(parts.count > 1 ? parts[1] : "")]
+                arguments = [exact(procedureID), exact(stepID)]
                 let state = try String.fetchOne(
                     db,
                     sql: """
@@ -338,10 +341,10 @@ extension ReminderStore {
                         """,
                     arguments: arguments)
                 guard let state else {
-                    throw IntakeError(procedureID: parts[0], problem: "no reminder \(id)")
+                    throw IntakeError(procedureID: procedureID, problem: "no reminder \(id)")
                 }
                 guard state == "dead" else {
-                    throw IntakeError(procedureID: parts[0], problem: "reminder \(id) is \(state), not dead")
+                    throw IntakeError(procedureID: procedureID, problem: "reminder \(id) is \(state), not dead")
                 }
             case .procedure(let id):
                 _ = try loadProcedure(id, db: db)

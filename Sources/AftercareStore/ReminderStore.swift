@@ -49,8 +49,13 @@ public final class ReminderStore: Sendable {
             let pool = try DatabasePool(path: path, configuration: config)
             if readOnly {
                 let version = try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
-                guard version >= Schema.version else {
+                guard version > 0 else {
                     throw StoreError("the database at \(path) has not been set up by the daemon yet")
+                }
+                guard version >= Schema.version else {
+                    throw StoreError(
+                        "the database at \(path) is from an older aftercare (schema \(version), this one needs "
+                            + "\(Schema.version)): restart the daemon (systemctl restart aftercare) to upgrade it")
                 }
             } else {
                 try Schema.migrate(pool)

@@ -218,3 +218,24 @@ struct ReminderStoreTests {
         }
     }
 }
+
+@Suite("Replay by reminder id")
+struct ReplayByReminderIDTests {
+    @Test("a procedure id with dots: the step is what follows the last dot, and the dead reminder comes back")
+    func dottedProcedureID() async throws {
+        let store = try ReminderStore(inMemory: ())
+        let now = Fixture.base
+        _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P.1"))])], now: now, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: now, limit: 10, leaseSeconds: 60)
+        let ice = try #require(claimed.first { $0.stepID == "ice" })
+        try await store.record([(ice, .dead(reason: "receiver refused"))], now: now)
+        let outcomes = try await store.ingest(
+            [Fixture.file("b.json", [.replay(.reminder("P.1.ice"))])], now: now, plan: Fixture.plan)
+        guard case .applied = outcomes.first else {
+            Issue.record("replay of P.1.ice refused: \(outcomes)")
+            return
+        }
+        let (_, reminders) = try #require(try await store.procedure("P.1"))
+        #expect(reminders.first { $0.stepID == "ice" }?.state == .scheduled)
+    }
+}
