@@ -57,7 +57,7 @@ public enum AuditFormat {
         formatter.timeZone = zone
         formatter.dateFormat = "MM-dd HH:mm:ss"
         func cut(_ text: String, _ width: Int) -> String {
-            let flat = text.replacingOccurrences(of: "\n", with: " ")
+            let flat = UntrustedText.escaped(text, limit: width)
             return flat.count <= width ? flat.padding(toLength: width, withPad: " ", startingAt: 0)
                 : String(flat.prefix(width - 1)) + "…"
         }

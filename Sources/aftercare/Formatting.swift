@@ -19,7 +19,8 @@ enum Show {
 
     /// Left-aligned columns separated by two spaces, no wider than needed.
     static func table(_ header: [String], _ rows: [[String]]) -> String {
-        let all = [header] + rows
+        // Cells may quote receivers' replies and stored ids: escaped, one line each, bounded.
+        let all = [header] + rows.map { $0.map { UntrustedText.escaped($0, limit: UntrustedText.idLimit) } }
         var widths = Array(repeating: 0, count: header.count)
         for row in all {
             for (index, cell) in row.enumerated() where index < widths.count {

@@ -211,3 +211,16 @@ struct DeliveryLogTests {
         #expect(try await store.procedure("P-2") == nil)
     }
 }
+
+@Suite("The audit table on a terminal")
+struct AuditTableEscapingTests {
+    @Test("a receiver's reply with ESC, CR/LF or a bidi override is shown escaped on one line")
+    func hostileReplyEscaped() {
+        var entry = LogEntry(at: Fixture.base, event: .attempt, procedureID: "P-1", stepID: "ice")
+        entry.outcome = "failed"
+        entry.error = "550 \u{1B}[2J\r\nforged\u{202E}"
+        let table = AuditFormat.table([LogRecord(seq: 1, entry: entry, hash: LogChain.genesis)], zone: .gmt, unmask: false)
+        #expect(!table.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\r" || $0 == "\u{202E}" })
+        #expect(table.split(separator: "\n").count == 3)  // header, the row, the footer
+    }
+}
