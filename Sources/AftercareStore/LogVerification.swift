@@ -1,6 +1,7 @@
 import AftercareCore
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// The result of walking the delivery log's hash chain.
 public enum ChainVerdict: Sendable, Hashable {
@@ -45,13 +46,7 @@ public struct LogAnchor: Sendable, Hashable, CustomStringConvertible {
     public var description: String { seq.map { "\($0):\(hash)" } ?? hash }
 
     /// Untrusted text, bounded and with control characters escaped, for an error line.
-    private static func shown(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars.prefix(80) {
-            out += scalar.value < 0x20 || scalar.value == 0x7F ? scalar.escaped(asASCII: true) : String(scalar)
-        }
-        return text.unicodeScalars.count > 80 ? out + "…" : out
-    }
+    private static func shown(_ text: String) -> String { UntrustedText.escaped(text, limit: 80) }
 }
 
 /// The checkpoint a pruned chain starts from, as its row says.
@@ -132,9 +127,19 @@ extension ReminderStore {
         }
         var count = 0
         var anchoredSeq: Int64?
-        let cursor = try Row.fetchCursor(db, sql: "SELECT \(logColumns) FROM delivery_log ORDER BY seq")
-        while let row = try cursor.next() {
-            let seq: Int64 = row["seq"]
+        // The walk reads SQLite's columns directly (see ChainRowHasher), byte for byte as stored.
+        var previousBytes = [UInt8](Data(hexString: previous) ?? Data(count: 32))
+        var hasher = ChainRowHasher()
+        let statement = try db.makeStatement(sql: "SELECT \(ChainRowHasher.columns) FROM delivery_log ORDER BY seq")
+        let raw = statement.sqliteStatement
+        defer { sqlite3_reset(raw) }
+        while true {
+            let code = sqlite3_step(raw)
+            if code == SQLITE_DONE { break }
+            guard code == SQLITE_ROW else {
+                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+            }
+            let seq = sqlite3_column_int64(raw, 0)
             if seq < expectedSeq, count == 0 {
                 return broken(seq, "row \(seq) precedes the checkpoint's first kept row \(expectedSeq)")
             }
@@ -146,20 +151,24 @@ extension ReminderStore {
                         : "row \(expectedSeq) is missing (next row is \(seq))"
                 )
             }
-            let stored: String = row["hash"]
-            guard LogChain.hash(previous: previous, seq: seq, logEntry(row)) == stored else {
+            let digest = hasher.hash(raw, previous: previousBytes)
+            let stored = ChainRowHasher.storedHash(raw)
+            // A column of a type the appender never writes is an edit, whatever its value.
+            guard !hasher.foreignType, let stored, digest.elementsEqual(stored) else {
                 return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
             }
             if let anchor {
-                if anchor.seq == seq, stored != anchor.hash {
-                    return broken(seq, "row \(seq) is not the anchored row: its hash is \(stored), not \(anchor.hash)")
+                let storedText = Hex.encode(stored)
+                if anchor.seq == seq, storedText != anchor.hash {
+                    return broken(seq, "row \(seq) is not the anchored row: its hash is \(storedText), not \(anchor.hash)")
                 }
-                if anchor.seq == nil || anchor.seq == seq, stored == anchor.hash { anchoredSeq = seq }
+                if anchor.seq == nil || anchor.seq == seq, storedText == anchor.hash { anchoredSeq = seq }
             }
-            previous = stored
+            previousBytes = stored
             expectedSeq = seq + 1
             count += 1
         }
+        previous = count == 0 ? previous : Hex.encode(previousBytes)
         if let anchor {
             guard let anchoredSeq else {
                 return broken(

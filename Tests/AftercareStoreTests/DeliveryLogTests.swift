@@ -63,6 +63,26 @@ struct DeliveryLogTests {
         #expect(try await store.verifyLog() == .broken(seq: 777, reason: "row 777 does not match its hash (edited, reordered or replaced)"))
     }
 
+    @Test("an event renamed to one aftercare does not know is caught, not read back as an attempt")
+    func unknownEventName() async throws {
+        let store = try await busyStore()
+        let seq = try #require(try await DatabaseQueue(path: databasePath).read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log WHERE event = 'attempt'")
+        })
+        try await sql("UPDATE delivery_log SET event = 'nothing-happened' WHERE seq = \(seq)")
+        #expect(try await store.verifyLog() == .broken(seq: seq, reason: "row \(seq) does not match its hash (edited, reordered or replaced)"))
+    }
+
+    @Test("a number rewritten as bytes of the same digits is caught, and verify does not crash on it")
+    func numberStoredAsText() async throws {
+        let store = try await busyStore()
+        let seq = try #require(try await DatabaseQueue(path: databasePath).read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log WHERE attempt IS NOT NULL")
+        })
+        try await sql("UPDATE delivery_log SET attempt = CAST(attempt AS BLOB) WHERE seq = \(seq)")
+        #expect(try await store.verifyLog() == .broken(seq: seq, reason: "row \(seq) does not match its hash (edited, reordered or replaced)"))
+    }
+
     @Test("a deleted middle row is named")
     func deletedRow() async throws {
         let store = try await busyStore()
