@@ -211,6 +211,7 @@ public final class AftercareDaemon: Service, Sendable {
         // so a fault that never clears ends in a restart by systemd instead of a daemon that only
         // looks alive.
         var storageFailingSince: ContinuousClock.Instant?
+        var lastPing = ContinuousClock.now
         var storageRetryAt: ContinuousClock.Instant?
         // Outcomes the store refused are waiting to be written: only writing them clears the fault.
         var outcomesRefused = false
@@ -259,7 +260,10 @@ public final class AftercareDaemon: Service, Sendable {
                 // Fed only while the pipeline can make progress: neither dispatch nor intake has the
                 // store refusing its work.
                 let intakeStoreFailing = trouble.withLock { $0.intakeStore != nil }
-                if storageFailingSince == nil && !intakeStoreFailing { notifier.watchdogPing() }
+                if storageFailingSince == nil && !intakeStoreFailing {
+                    notifier.watchdogPing()
+                    lastPing = .now
+                }
                 guard let current = runtime.withLock({ $0 }) else { return }
                 let dispatch = current.config.dispatch
                 let limit = max(1, dispatch.maxConcurrent)
@@ -370,7 +374,8 @@ public final class AftercareDaemon: Service, Sendable {
                         deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
                             .compactMap { $0 }.compactMap { $0 }.min()
                     }
-                    var limitReal = notifier.watchdogInterval
+                    // The next ping is due one interval after the last one, however long this pass took.
+                    var limitReal = notifier.watchdogInterval.map { max(.milliseconds(1), lastPing + $0 - .now) }
                     if let retryAt = storageRetryAt, storagePaused {
                         limitReal = min(limitReal ?? Self.storageRetry, max(.milliseconds(1), retryAt - .now))
                     } else if firstUnrecorded != nil {
