@@ -75,14 +75,18 @@ class Campaign:
         elapsed = time.monotonic() - self.started
         print(f"  [{elapsed:6.1f}s] {text}", flush=True)
 
-    def check(self, name, ok, detail=""):
-        """Records one check; a failure says what broke."""
+    def check(self, name, ok, detail="", items=()):
+        """Records one check; a failure says what broke, with up to 40 of the cases that broke it."""
         if ok:
             self.passed += 1
             print(f"PASS {name}" + (f": {detail}" if detail else ""), flush=True)
         else:
             self.failed.append(name)
             print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
+            for item in list(items)[:40]:
+                print(f"       - {item}", flush=True)
+            if len(items) > 40:
+                print(f"       ... and {len(items) - 40} more", flush=True)
         return ok
 
     def figure(self, name, value):
