@@ -524,3 +524,41 @@ def wait_until(predicate, timeout, interval=0.25):
             return value
         time.sleep(interval)
     return predicate()
+
+
+# --- clean output ------------------------------------------------------------------------------
+
+# Lines of the daemon's log are "<ISO time> <level> <message>".
+LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (trace|debug|info|notice|warning|error|critical) ")
+RAW_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+NEWLINE = b"\n"
+
+
+def clean_text(data, limit):
+    """Why `data` is not one clean, bounded line of valid UTF-8 (None when it is)."""
+    text = data[:-1] if data.endswith(b"\n") else data
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid UTF-8"
+    if b"\n" in text:
+        return f"{text.count(NEWLINE) + 1} lines"
+    match = RAW_CONTROL.search(text)
+    if match:
+        return f"raw control character {match.group(0)!r}"
+    if len(text) > limit:
+        return f"{len(text)} bytes long"
+    return None
+
+
+def journal_problems(data, limit=4096):
+    """Lines of a daemon log that are not one clean event each."""
+    problems = []
+    for number, line in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"), 1):
+        if not LOG_LINE.match(line):
+            problems.append(f"line {number} is not an event: {printable(line, 100)}")
+            continue
+        problem = clean_text(line, limit)
+        if problem:
+            problems.append(f"line {number}: {problem}: {printable(line, 100)}")
+    return problems

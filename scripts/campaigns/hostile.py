@@ -33,7 +33,6 @@ BASELINE = 20
 RSS_LIMIT_KIB = 200 * 1024
 ERROR_LINE_LIMIT = 2000
 LOG_LINE_LIMIT = 4096
-NEWLINE = b"\n"
 BAD_CHARACTERS = {
     "NUL": "\u0000", "CR": "\r", "LF": "\n", "CRLF": "\r\n", "ESC": "\u001b[31m", "BEL": "\u0007",
     "DEL": "\u007f", "NEL": "\u0085", "LS": "\u2028", "RLO": "\u202e", "LRI": "\u2066", "TAB": "\t",
@@ -46,11 +45,6 @@ IMPOSSIBLE_DATES = [
     "2026-01-01T10:00:00.Z", "\uff12\uff10\uff12\uff16-01-01T10:00:00Z", "2026-01-01T10:00:00Z ",
     "2027-02-29T10:00:00Z", "2026-01-01T10:00:00\u0000Z",
 ]
-# Lines of the daemon's log are "<ISO time> <level> <message>".
-LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (trace|debug|info|notice|warning|error|critical) ")
-RAW_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
-
-
 class Entry:
     """One spool entry: a name (bytes) and what to put there."""
 
@@ -297,23 +291,6 @@ def error_files(spool_root):
     return found
 
 
-def clean_text(data, limit):
-    """Why `data` is not one clean, bounded line of valid UTF-8 (None when it is)."""
-    text = data[:-1] if data.endswith(b"\n") else data
-    try:
-        text.decode("utf-8")
-    except UnicodeDecodeError:
-        return "invalid UTF-8"
-    if b"\n" in text:
-        return f"{text.count(NEWLINE) + 1} lines"
-    match = RAW_CONTROL.search(text)
-    if match:
-        return f"raw control character {match.group(0)!r}"
-    if len(text) > limit:
-        return f"{len(text)} bytes long"
-    return None
-
-
 class RSSWatch:
     """Samples the daemon's resident memory every 20 ms; remembers the peak."""
 
@@ -387,7 +364,7 @@ def run_spool(campaign, env):
     unclean = []
     for path in new_errors:
         with open(path, "rb") as reason:
-            problem = clean_text(reason.read(), ERROR_LINE_LIMIT)
+            problem = common.clean_text(reason.read(), ERROR_LINE_LIMIT)
         if problem:
             name = os.path.basename(path)[:-len(b".error")]
             unclean.append(f"{labels.get(name, '?')} ({common.printable(name, 40)}.error): {problem}")
@@ -489,9 +466,9 @@ def run_cli(campaign, env):
             problems.append(f"{label}: exit {code} with nothing on stderr")
         else:
             lines = [line for line in err.splitlines() if line.strip()]
-            problem = clean_text(first, 500) \
-                or (RAW_CONTROL.search(out.replace(b"\n", b"")) and "raw control character in stdout") \
-                or (RAW_CONTROL.search(err.replace(b"\n", b"")) and "raw control character in stderr") \
+            problem = common.clean_text(first, 500) \
+                or (common.RAW_CONTROL.search(out.replace(b"\n", b"")) and "raw control character in stdout") \
+                or (common.RAW_CONTROL.search(err.replace(b"\n", b"")) and "raw control character in stderr") \
                 or (len(lines) > 1 and b"Usage:" not in err and f"{len(lines)} lines on stderr")
             if problem:
                 problems.append(f"{label}: {problem}: {common.printable(first, 100)}")
@@ -659,8 +636,8 @@ def run_configs(campaign, env):
             continue
         if code == 0:
             problems.append(f"{label}: config check passes it")
-        elif clean_text(first, 500):
-            problems.append(f"{label}: config check says {common.printable(first, 80)} ({clean_text(first, 500)})")
+        elif common.clean_text(first, 500):
+            problems.append(f"{label}: config check says {common.printable(first, 80)} ({common.clean_text(first, 500)})")
         elif REPEATED_PREFIX.search(first.decode("utf-8", "replace")):
             problems.append(f"{label}: config check repeats itself: {common.printable(first, 120)}")
         log = os.path.join(campaign.workspace, "configs", f"daemon-try-{number:02d}.log")
@@ -683,7 +660,7 @@ def run_configs(campaign, env):
             problems.append(f"{label}: the daemon exits 0 without running")
         lines = [line for line in text.splitlines() if line.strip()]
         last = lines[-1] if lines else b""
-        if not last or clean_text(last, 600):
+        if not last or common.clean_text(last, 600):
             problems.append(f"{label}: the daemon's error is {common.printable(last, 80) or 'empty'}")
         elif REPEATED_PREFIX.search(last.decode("utf-8", "replace")):
             problems.append(f"{label}: the daemon's error repeats itself: {common.printable(last, 140)}")
@@ -717,18 +694,6 @@ def run_reload(campaign, env):
     time.sleep(1)
     campaign.check("reload: bad files on SIGHUP are refused and the daemon runs on", not problems, "; ".join(problems))
     return 3
-
-
-def journal_problems(data):
-    problems = []
-    for number, line in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"), 1):
-        if not LOG_LINE.match(line):
-            problems.append(f"line {number} is not an event: {common.printable(line, 100)}")
-            continue
-        problem = clean_text(line, LOG_LINE_LIMIT)
-        if problem:
-            problems.append(f"line {number}: {problem}: {common.printable(line, 100)}")
-    return problems
 
 
 def body(campaign):
@@ -843,7 +808,7 @@ def body(campaign):
     daemon.stop_hard()
     result = common.integrity(database)
     campaign.check("PRAGMA integrity_check", result == "ok", common.printable(result, 300))
-    problems = journal_problems(daemon.log_bytes())
+    problems = common.journal_problems(daemon.log_bytes())
     campaign.check("the daemon's log: one clean event per line", not problems,
                    f"{len(problems)} bad lines", items=problems)
     campaign.check("0 hangs", hangs == 0, f"{hangs} calls with no answer")
