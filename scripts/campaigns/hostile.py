@@ -309,16 +309,27 @@ class RSSWatch:
         self.running = False
 
 
-def settle(spool, limit, quiet=12):
-    """Waits until incoming/ is empty, or has not changed for `quiet` seconds, or `limit` passed."""
+def cpu_seconds(daemon):
+    try:
+        with open(f"/proc/{daemon.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def settle(spool, daemon, limit, quiet=6):
+    """Waits until incoming/ is empty, or neither it nor the daemon's CPU time has moved for `quiet`
+    seconds (the daemon has given up on what is left), or `limit` passed. Returns what is left."""
     deadline = time.monotonic() + limit
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
         waiting = sorted(spool.waiting())
         if not waiting:
             return []
-        if waiting != last:
-            last, since = waiting, time.monotonic()
+        state = (waiting, round(cpu_seconds(daemon), 1))
+        if last is None or state[0] != last[0] or state[1] - last[1] > 0.2:
+            last, since = state, time.monotonic()
         elif time.monotonic() - since > quiet:
             break
         time.sleep(0.25)
@@ -343,7 +354,7 @@ def run_spool(campaign, env):
     started = time.monotonic()
     for entry in entries:
         place(spool, entry)
-    left = settle(spool, 90)
+    left = settle(spool, daemon, 120)
     labels = {entry.name: entry.label for entry in entries}
     campaign.log(f"spool: incoming/ settled after {time.monotonic() - started:.0f} s, {len(left)} left")
     campaign.check("spool: every hostile entry left incoming/", not left,
@@ -622,48 +633,57 @@ def bad_configs(folder, port):
 REPEATED_PREFIX = re.compile(r"(\b[^:]{4,}: )\1")
 
 
-def run_configs(campaign, env):
+def try_config(campaign, number, label, path):
+    """Runs config check and the daemon on one bad configuration; returns (problems, crashes, hangs)."""
     binary = campaign.args.bin
-    cases = bad_configs(os.path.join(campaign.workspace, "configs"), env["receiver"].port)
     problems, crashes, hangs = [], 0, 0
-    for number, (label, path) in enumerate(cases):
-        code, out, err, _ = common.cli(binary, ["config", "check"], config=path, timeout=20)
-        first = next((line for line in err.splitlines() if line.strip()), b"")
-        if code is None or (code is not None and code < 0):
-            hangs += code is None
-            crashes += code is not None
-            problems.append(f"{label}: config check {'hung' if code is None else f'killed by signal {-code}'}")
-            continue
-        if code == 0:
-            problems.append(f"{label}: config check passes it")
-        elif common.clean_text(first, 500):
-            problems.append(f"{label}: config check says {common.printable(first, 80)} ({common.clean_text(first, 500)})")
-        elif REPEATED_PREFIX.search(first.decode("utf-8", "replace")):
-            problems.append(f"{label}: config check repeats itself: {common.printable(first, 120)}")
-        log = os.path.join(campaign.workspace, "configs", f"daemon-try-{number:02d}.log")
-        daemon = common.Daemon(campaign, binary, path, log)
-        daemon.start()
-        try:
-            daemon.process.wait(5)
-        except Exception:
-            pass
-        if daemon.alive():
-            daemon.terminate(5)
-            daemon.stop_hard()
-            problems.append(f"{label}: the daemon starts with it" + (" (config check refused it)" if code else ""))
-            continue
-        text = daemon.log_bytes()
-        if daemon.exit_code() < 0:
-            crashes += 1
-            problems.append(f"{label}: the daemon died of signal {-daemon.exit_code()}")
-        elif daemon.exit_code() == 0:
-            problems.append(f"{label}: the daemon exits 0 without running")
-        lines = [line for line in text.splitlines() if line.strip()]
-        last = lines[-1] if lines else b""
-        if not last or common.clean_text(last, 600):
-            problems.append(f"{label}: the daemon's error is {common.printable(last, 80) or 'empty'}")
-        elif REPEATED_PREFIX.search(last.decode("utf-8", "replace")):
-            problems.append(f"{label}: the daemon's error repeats itself: {common.printable(last, 140)}")
+    code, out, err, _ = common.cli(binary, ["config", "check"], config=path, timeout=20)
+    first = next((line for line in err.splitlines() if line.strip()), b"")
+    if code is None or code < 0:
+        return [f"{label}: config check {'hung' if code is None else f'killed by signal {-code}'}"], \
+            int(code is not None), int(code is None)
+    if code == 0:
+        problems.append(f"{label}: config check passes it")
+    elif common.clean_text(first, 500):
+        problems.append(f"{label}: config check says {common.printable(first, 80)} ({common.clean_text(first, 500)})")
+    elif REPEATED_PREFIX.search(first.decode("utf-8", "replace")):
+        problems.append(f"{label}: config check repeats itself: {common.printable(first, 120)}")
+    log = os.path.join(campaign.workspace, "configs", f"daemon-try-{number:02d}.log")
+    daemon = common.Daemon(campaign, binary, path, log)
+    daemon.start()
+    try:
+        daemon.process.wait(5)
+    except Exception:
+        pass
+    if daemon.alive():
+        daemon.terminate(5)
+        daemon.stop_hard()
+        problems.append(f"{label}: the daemon starts with it" + (" (config check refused it)" if code else ""))
+        return problems, crashes, hangs
+    text = daemon.log_bytes()
+    if daemon.exit_code() < 0:
+        crashes += 1
+        problems.append(f"{label}: the daemon died of signal {-daemon.exit_code()}")
+    elif daemon.exit_code() == 0:
+        problems.append(f"{label}: the daemon exits 0 without running")
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else b""
+    if not last or common.clean_text(last, 600):
+        problems.append(f"{label}: the daemon's error is {common.printable(last, 80) or 'empty'}")
+    elif REPEATED_PREFIX.search(last.decode("utf-8", "replace")):
+        problems.append(f"{label}: the daemon's error repeats itself: {common.printable(last, 140)}")
+    return problems, crashes, hangs
+
+
+def run_configs(campaign, env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = bad_configs(os.path.join(campaign.workspace, "configs"), env["receiver"].port)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda item: try_config(campaign, item[0], *item[1]), enumerate(cases)))
+    problems = [problem for result in results for problem in result[0]]
+    crashes = sum(result[1] for result in results)
+    hangs = sum(result[2] for result in results)
     campaign.check("configs: every bad configuration or protocol is refused by config check and the daemon alike",
                    not problems, f"{len(problems)} problems in {len(cases)} cases" if problems else f"{len(cases)} cases",
                    items=problems)

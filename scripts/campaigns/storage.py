@@ -125,8 +125,9 @@ def body(campaign):
     time.sleep(WATCHDOG_USEC / 1e6)
     normal = notify.pings()
     normal_gap = max(b - a for a, b in zip(normal, normal[1:] + [time.monotonic()])) if normal else 0
-    campaign.check("watchdog fed in normal operation", normal and normal_gap < WATCHDOG_USEC / 1e6,
-                   f"longest gap {normal_gap:.1f} s; pings at "
+    # sd_watchdog_enabled(3): ping at half the interval. Three quarters leaves room for scheduling.
+    campaign.check("watchdog fed in normal operation", normal and normal_gap <= 0.75 * WATCHDOG_USEC / 1e6,
+                   f"longest gap {normal_gap:.1f} s (at most {0.75 * WATCHDOG_USEC / 1e6:.0f} s); pings at "
                    + ", ".join(f"{at - daemon_started:.1f}" for at in normal) + " s after the start")
 
     # 1. The disk fills while the daemon ingests and delivers a busy queue.
@@ -169,9 +170,9 @@ def body(campaign):
                    f"longest gap {gap:.1f} s in {freed_at - error_at:.0f} s of full disk "
                    f"(WATCHDOG_USEC {WATCHDOG_USEC / 1e6:.0f} s; pings at "
                    + ", ".join(f"{at - error_at:.1f}" for at in window[1:-1]) + " s after the first error)")
-    time.sleep(2 * WATCHDOG_USEC / 1e6)
+    common.wait_until(lambda: [at for at in notify.pings() if at > recovered_at + 1], 2 * WATCHDOG_USEC / 1e6)
     after = [at for at in notify.pings() if at > recovered_at]
-    campaign.check("full disk: watchdog pings resume after", len(after) >= 2,
+    campaign.check("full disk: watchdog pings resume after", len(after) >= 1,
                    f"{len(after)} pings in the {time.monotonic() - recovered_at:.0f} s after recovery")
     log = daemon.log_bytes()[mark:]
     misuse = [line for line in log.splitlines() if b"MISUSE" in line or b"leaked" in line]
@@ -226,7 +227,7 @@ def body(campaign):
     common.wait_until(lambda: stored(ids) == len(ids), 30)
     filler.fill()
     drop(size["batch"], "U")
-    time.sleep(8)
+    time.sleep(6)
     stop_time = daemon.terminate(12)
     campaign.check("full disk: SIGTERM stops the daemon within seconds", stop_time is not None,
                    f"in {stop_time:.1f} s" if stop_time is not None else "still running 12 s after SIGTERM")
