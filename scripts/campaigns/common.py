@@ -146,6 +146,7 @@ class Receiver:
 
         self.counts = {}
         self.bad_signatures = 0
+        self.aborted = 0
         self.in_flight = 0
         self.total = 0
         self.lock = threading.Lock()
@@ -163,6 +164,12 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (kill -9): nothing a real receiver would act on.
+                    with receiver.lock:
+                        receiver.aborted += 1
+                    self.close_connection = True
+                    return
                 status = receiver.receive(self.headers, body)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

@@ -138,7 +138,7 @@ def run_seed(campaign, seed, size):
     ok, text = common.audit_verify(campaign.args.bin, config)
     campaign.check(f"seed {seed}: audit verify", ok, common.printable(text, 300))
     campaign.log(f"seed {seed}: {len(planned)} reminders, {kills} kills, {daemon.starts} starts, "
-                 f"{receiver.total} requests, {len(duplicates)} duplicated ids "
+                 f"{receiver.total} requests (and {receiver.aborted} cut off by a kill), {len(duplicates)} duplicated ids "
                  f"(max {max(duplicates.values(), default=1)} times)")
     return {"reminders": len(planned), "kills": kills, "lost": len(lost), "unexpected": len(unexpected),
             "duplicates": len(duplicates), "requests": receiver.total}
