@@ -80,7 +80,8 @@ def run_seed(campaign, seed, size):
             return False
         try:
             rows = common.query(
-                database, "SELECT count(*) FROM reminder WHERE procedure_id LIKE ? AND state IN ('scheduled','claimed')",
+                database,
+                "SELECT count(*) FROM reminder WHERE procedure_id LIKE ? AND state IN ('scheduled','claimed')",
                 (f"C{seed}-%",))
             stored = common.query(database, "SELECT count(*) FROM procedure WHERE id LIKE ?", (f"C{seed}-%",))
         except Exception:
@@ -112,9 +113,11 @@ def run_seed(campaign, seed, size):
     campaign.check(f"seed {seed}: lost = 0", not lost,
                    f"{len(lost)} of {len(planned)} never reached the receiver, e.g. "
                    + ", ".join(f"{rid} (state {states.get(rid)})" for rid in lost[:5]) if lost else
-                   f"{len(planned)} planned, {len(planned) - len(explained)} received, {len(explained)} expired/cancelled")
+                   f"{len(planned)} planned, {len(planned) - len(explained)} received, "
+                   f"{len(explained)} expired/cancelled")
     campaign.check(f"seed {seed}: unexpected = 0", not unexpected,
-                   f"{len(unexpected)} webhook-ids the store never planned, e.g. {unexpected[:5]}" if unexpected else "")
+                   f"{len(unexpected)} webhook-ids the store never planned, e.g. {unexpected[:5]}"
+                   if unexpected else "")
     campaign.check(f"seed {seed}: signatures valid", receiver.bad_signatures == 0,
                    f"{receiver.bad_signatures} request(s) with a bad signature" if receiver.bad_signatures else "")
     not_delivered = {rid: state for rid, state in states.items() if rid in received and state != "delivered"}
@@ -138,7 +141,8 @@ def run_seed(campaign, seed, size):
     ok, text = common.audit_verify(campaign.args.bin, config)
     campaign.check(f"seed {seed}: audit verify", ok, common.printable(text, 300))
     campaign.log(f"seed {seed}: {len(planned)} reminders, {kills} kills, {daemon.starts} starts, "
-                 f"{receiver.total} requests (and {receiver.aborted} cut off by a kill), {len(duplicates)} duplicated ids "
+                 f"{receiver.total} requests (and {receiver.aborted} cut off by a kill), "
+                 f"{len(duplicates)} duplicated ids "
                  f"(max {max(duplicates.values(), default=1)} times)")
     return {"reminders": len(planned), "kills": kills, "lost": len(lost), "unexpected": len(unexpected),
             "duplicates": len(duplicates), "requests": receiver.total}

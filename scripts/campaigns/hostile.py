@@ -123,7 +123,8 @@ def corpus(state, database, outside):
         + "]" * 2000 + "}")
     add("a 1 MB key", '{"' + "k" * 1_000_000 + '":1}')
     add("100,000 unknown keys", json.dumps({f"k{n}": n for n in range(100_000)}))
-    add("cancel with a 5 MB reason", json.dumps({"kind": "cancel", "procedure_id": "BASE-00", "reason": "r" * 5_000_000}))
+    add("cancel with a 5 MB reason",
+        json.dumps({"kind": "cancel", "procedure_id": "BASE-00", "reason": "r" * 5_000_000}))
     add("replay of a 10,000-character id", json.dumps({"kind": "replay", "reminder_id": "X" * 5000 + "." + "y" * 5000}))
     add("a number 1e400", json.dumps(good_procedure("H-NUM"))[:-1] + ',"n":1e400}')
 
@@ -386,7 +387,8 @@ def run_spool(campaign, env):
                    f"{len(unclean)} of {len(new_errors)}", items=unclean)
     code, figures, text = common.status(campaign.args.bin, env["config"])
     shown = sum(value for label, value in figures.items() if label.startswith("Spool") and label != "Spool waiting")
-    campaign.check("spool: status counts what it could not take", code == 0 and shown >= len(entries) + len(errors_before),
+    campaign.check("spool: status counts what it could not take",
+                   code == 0 and shown >= len(entries) + len(errors_before),
                    f"status counts {shown} refused or quarantined files for {len(entries)} refused entries")
     return entries
 
@@ -487,7 +489,8 @@ def run_cli(campaign, env):
             if problem:
                 problems.append(f"{label}: {problem}: {common.printable(first, 100)}")
             elif len(call) > 2 and call[2] == "malformed" and b"BROKEN" in err:
-                problems.append(f"{label}: a malformed hash is reported as a broken log: {common.printable(first, 120)}")
+                problems.append(
+                    f"{label}: a malformed hash is reported as a broken log: {common.printable(first, 120)}")
     campaign.check("cli: every bad call fails with one clean line and a non-zero exit", not problems,
                    f"{len(problems)} of {len(calls)}" if problems else f"{len(calls)} calls", items=problems)
     return len(calls), crashes, hangs
@@ -688,7 +691,8 @@ def run_configs(campaign, env):
     crashes = sum(result[1] for result in results)
     hangs = sum(result[2] for result in results)
     campaign.check("configs: every bad configuration or protocol is refused by config check and the daemon alike",
-                   not problems, f"{len(problems)} problems in {len(cases)} cases" if problems else f"{len(cases)} cases",
+                   not problems,
+                   f"{len(problems)} problems in {len(cases)} cases" if problems else f"{len(cases)} cases",
                    items=problems)
     return len(cases), crashes, hangs
 
@@ -786,7 +790,8 @@ def body(campaign):
     spool.drop(common.jsonl(good_procedure(pid) for pid in sentinels))
     ok = common.wait_until(lambda: all(f"{pid}.now" in receiver.snapshot() for pid in sentinels), 30)
     campaign.check("after the storm: new work is ingested and delivered", ok,
-                   f"{sum(1 for pid in sentinels if pid + '.now' in receiver.snapshot())} of {len(sentinels)} delivered")
+                   f"{sum(1 for pid in sentinels if pid + '.now' in receiver.snapshot())} of {len(sentinels)} "
+                   "delivered")
     campaign.check("0 crashes: the daemon stayed up", not alive_problems and daemon.alive(),
                    "; ".join(alive_problems) or (f"exit {daemon.exit_code()}" if not daemon.alive() else ""))
     rss.stop()
