@@ -319,9 +319,10 @@ def cpu_seconds(daemon):
         return 0.0
 
 
-def settle(spool, daemon, limit, quiet=6):
+def settle(spool, daemon, limit, quiet=10):
     """Waits until incoming/ is empty, or neither it nor the daemon's CPU time has moved for `quiet`
-    seconds (the daemon has given up on what is left), or `limit` passed. Returns what is left."""
+    seconds (longer than the daemon's 5 s wait for files that may still be being written: the daemon
+    has given up on what is left), or `limit` passed. Returns what is left."""
     deadline = time.monotonic() + limit
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
