@@ -133,7 +133,7 @@ struct LocalTimeZoneTests {
         // Spool files take only times with an offset, so a doubled local time cannot be read there either.
         let line = #"{"procedure_id":"P-1","protocol":"p","performed_at":"2026-04-05 02:30","patient":{"id":"M","#
             + #""time_zone":"Australia/Sydney","routes":[{"channel":"sms","to":"+61412345678"}]}}"#
-        #expect(throws: IntakeError.self) { try IntakeRequest.decode(Data(line.utf8)) }
+        #expect(throws: IntakeError.self) { try IntakeCodec.decode(Data(line.utf8)) }
     }
 
     @Test("only real IANA zones: region names and their links; abbreviations and offset names refused with a hint")
