@@ -18,7 +18,8 @@ public enum ProtocolFile {
         if let text = try root.string("night_hours") {
             guard let window = parseWindow(text) else {
                 throw root.error(
-                    "night_hours", "'night_hours' = \"\(InputRules.printable(text))\" is not a window such as \"23:00-06:00\"")
+                    "night_hours",
+                    "'night_hours' = \"\(InputRules.printable(text))\" is not a window such as \"23:00-06:00\"")
             }
             nightHours = window
         }
@@ -60,7 +61,8 @@ public enum ProtocolFile {
         let sendAtProcedure = try section.bool("send_at_procedure") ?? false
         if sendAtProcedure {
             guard offset == .elapsed(seconds: 0) else {
-                throw section.error("send_at_procedure", "send_at_procedure = true needs at = \"+0h\" (the procedure itself)")
+                throw section.error(
+                    "send_at_procedure", "send_at_procedure = true needs at = \"+0h\" (the procedure itself)")
             }
             guard !urgent else {
                 throw section.error(

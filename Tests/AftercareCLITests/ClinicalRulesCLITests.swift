@@ -34,7 +34,9 @@ struct ClinicalRulesCLITests {
         return formatter.string(from: date)
     }
 
-    @Test("a procedure in the patient's evening or night (any zone, the clinic's quiet hours on) gets the first-day advice")
+    @Test(
+        "a procedure in the patient's evening or night (any zone, quiet hours on) gets the first-day advice"
+    )
     func firstDayAdviceEveryPatient() throws {
         let harness = try CLIHarness(quietHours: true)
         let performed = Date().addingTimeInterval(-120)
@@ -53,13 +55,15 @@ struct ClinicalRulesCLITests {
         #expect(!atOnce.stderr.contains("WARNING"), "\(atOnce.stderr)")
         // 01:xx there (a patient far from the clinic, or a late entry): held until 06:00, still sent.
         let night = try Self.zone(whereHourIs: 1, at: performed)
-        let held = try harness.run(Self.add + ["--time-zone", night.identifier, "--performed-at", Self.rfc3339(performed)])
+        let held = try harness.run(
+            Self.add + ["--time-zone", night.identifier, "--performed-at", Self.rfc3339(performed)])
         #expect(held.status == 0, "\(held.stderr)")
         for step in ["ice ", "activity "] {
             let line = held.stdout.split(separator: "\n").first { $0.contains("  \(step)") }
             #expect(line?.contains(" 06:00 ") == true, "\(held.stdout)")
-            #expect(line?.contains("scheduled") == true && line?.contains("night hours: held until 6:00 AM") == true,
-                    "\(held.stdout)")
+            #expect(
+                line?.contains("scheduled") == true && line?.contains("night hours: held until 6:00 AM") == true,
+                "\(held.stdout)")
         }
         #expect(!held.stderr.contains("WARNING"), "\(held.stderr)")
     }
@@ -81,9 +85,11 @@ struct ClinicalRulesCLITests {
         let harness = try CLIHarness()
         let gap = try harness.run(Self.add + ["--time-zone", "Australia/Sydney", "--performed-at", "2026-10-04 02:30"])
         #expect(gap.status != 0)
-        #expect(gap.stderr == "Error: --performed-at: '2026-10-04 02:30' falls in Australia/Sydney's DST gap (clocks jump "
-            + "from 02:00 to 03:00 on 2026-10-04); that local time does not exist\n", "\(gap.stderr)")
-        let twice = try harness.run(Self.add + ["--time-zone", "Australia/Sydney", "--performed-at", "2026-04-05 02:30"])
+        #expect(
+            gap.stderr == "Error: --performed-at: '2026-10-04 02:30' falls in Australia/Sydney's DST gap (clocks jump "
+                + "from 02:00 to 03:00 on 2026-10-04); that local time does not exist\n", "\(gap.stderr)")
+        let twice = try harness.run(
+            Self.add + ["--time-zone", "Australia/Sydney", "--performed-at", "2026-04-05 02:30"])
         #expect(twice.status != 0)
         #expect(twice.stderr.contains("happens twice in Australia/Sydney"), "\(twice.stderr)")
         #expect(twice.stderr.contains("2026-04-05T02:30:00+11:00 (first) or 2026-04-05T02:30:00+10:00 (second)"))
@@ -97,7 +103,10 @@ struct ClinicalRulesCLITests {
         #expect(preview.status != 0)
         #expect(preview.stderr.contains("falls in Australia/Sydney's DST gap"), "\(preview.stderr)")
         let reschedule = try harness.run(
-            ["reschedule", "P-9", "--time-zone", "Australia/Sydney", "--performed-at", "2026-04-05 02:30", "--wait", "0"])
+            [
+                "reschedule", "P-9", "--time-zone", "Australia/Sydney", "--performed-at", "2026-04-05 02:30", "--wait",
+                "0",
+            ])
         #expect(reschedule.status != 0)
         #expect(reschedule.stderr.contains("happens twice in Australia/Sydney"), "\(reschedule.stderr)")
         #expect(harness.incomingFiles().isEmpty)
@@ -123,7 +132,8 @@ struct ClinicalRulesCLITests {
             .write(toFile: harness.configPath, atomically: true, encoding: .utf8)
         let check = try harness.run(["config", "check"])
         #expect(check.status != 0)
-        #expect(check.stderr.contains("aftercare.toml:") && check.stderr.contains("is an abbreviation"), "\(check.stderr)")
+        #expect(
+            check.stderr.contains("aftercare.toml:") && check.stderr.contains("is an abbreviation"), "\(check.stderr)")
     }
 
     @Test("protocol preview shows the warning signs in the first message and each message's SMS segments")
@@ -136,8 +146,9 @@ struct ClinicalRulesCLITests {
         let sections = result.stdout.components(separatedBy: "── ").dropFirst()
         #expect(sections.count == 6)
         for section in sections {
-            #expect(section.range(of: #"\[SMS: \d+ SMS segments? \(GSM-7, \d+ septets\)\]"#, options: .regularExpression)
-                != nil, "\(section)")
+            #expect(
+                section.range(of: #"\[SMS: \d+ SMS segments? \(GSM-7, \d+ septets\)\]"#, options: .regularExpression)
+                    != nil, "\(section)")
         }
         let ice = try #require(sections.first { $0.hasPrefix("ice ") })
         #expect(ice.contains("Thu Nov 26 06:00"), "\(ice)")

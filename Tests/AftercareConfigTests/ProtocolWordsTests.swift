@@ -28,15 +28,18 @@ struct ProtocolWordsTests {
 
     @Test("the quoted leaflet lines are the leaflet's own, where the leaflet is at hand")
     func quotesAreTheSeeds() throws {
-        let seed = ConfigTests.repository.deletingLastPathComponent().appendingPathComponent("shared/seed/"
-            + "trigger-point-injections.txt")
+        let seed = ConfigTests.repository.deletingLastPathComponent().appendingPathComponent(
+            "shared/seed/"
+                + "trigger-point-injections.txt")
         guard let text = try? String(contentsOf: seed, encoding: .utf8) else { return }
         let lower = text.lowercased().replacingOccurrences(of: "’", with: "'")
         for sign in Self.warningSigns { #expect(lower.contains(sign), "\(sign)") }
-        #expect(lower.contains("avoid strenuous exercise for the first 24 hours, but resume light activity as tolerated"))
+        #expect(
+            lower.contains("avoid strenuous exercise for the first 24 hours, but resume light activity as tolerated"))
     }
 
-    @Test("every warning sign from the first message on; the 24 h limit said right; no diagnosis words; phone everywhere")
+    @Test(
+        "every warning sign from the first message on; the 24 h limit said right; no diagnosis words; phone everywhere")
     func wordsMatchTheSeed() throws {
         let careProtocol = try Self.defaultProtocol()
         func body(_ id: String) throws -> String { try #require(careProtocol.step(id)).body.source.lowercased() }
@@ -66,11 +69,14 @@ struct ProtocolWordsTests {
         #expect(careProtocol.step("ice")?.nightHold == QuietHours(startMinute: 23 * 60, endMinute: 6 * 60))
         let procedure = Procedure(
             id: "P-1", protocolID: careProtocol.id, performedAt: Timestamp.parse("2026-11-25T23:30:00-05:00")!,
-            patient: Patient(id: "M-1", firstName: "Alexandria", timeZone: "America/New_York",
-                             routes: [ContactRoute(channel: "sms", address: "+15551234567")]))
+            patient: Patient(
+                id: "M-1", firstName: "Alexandria", timeZone: "America/New_York",
+                routes: [ContactRoute(channel: "sms", address: "+15551234567")]))
         for step in careProtocol.steps {
-            let text = step.body.render(TemplateContext(
-                procedure: procedure, policy: Self.policy, sendAt: procedure.performedAt.addingTimeInterval(6.5 * 3600)))
+            let text = step.body.render(
+                TemplateContext(
+                    procedure: procedure, policy: Self.policy,
+                    sendAt: procedure.performedAt.addingTimeInterval(6.5 * 3600)))
             let length = SMSLength(text)
             #expect(length.encoding == .gsm7, "\(step.id): \(length)")
             #expect(length.segments <= 4, "\(step.id): \(length)")
@@ -104,10 +110,12 @@ struct ProtocolWordsTests {
     @Test("send_at_procedure needs at = +0h and no urgent; night_hours must be a window")
     func sendAtProcedureKeys() throws {
         #expect(try loadError(Self.file(step: "at = \"+0h\"\nsend_at_procedure = true")) == nil)
-        #expect(try loadError(Self.file(step: "at = \"+24h\"\nsend_at_procedure = true"))?
-            .contains("send_at_procedure = true needs at = \"+0h\"") == true)
-        #expect(try loadError(Self.file(step: "at = \"+0h\"\nsend_at_procedure = true\nurgent = true"))?
-            .contains("either send_at_procedure or urgent") == true)
+        #expect(
+            try loadError(Self.file(step: "at = \"+24h\"\nsend_at_procedure = true"))?
+                .contains("send_at_procedure = true needs at = \"+0h\"") == true)
+        #expect(
+            try loadError(Self.file(step: "at = \"+0h\"\nsend_at_procedure = true\nurgent = true"))?
+                .contains("either send_at_procedure or urgent") == true)
         for bad in ["23:00", "23:00-23:00", "25:00-06:00", "11pm-6am"] {
             let error = try loadError(Self.file(night: bad, step: "at = \"+0h\"\nsend_at_procedure = true"))
             #expect(error?.contains("is not a window such as \"23:00-06:00\"") == true, "\(bad)")
@@ -117,6 +125,8 @@ struct ProtocolWordsTests {
         try Self.file(night: "22:30-07:00", step: "at = \"+0h\"\nsend_at_procedure = true")
             .write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(try ProtocolFile.load(path: path).steps[0].nightHold == QuietHours(startMinute: 22 * 60 + 30, endMinute: 420))
+        #expect(
+            try ProtocolFile.load(path: path).steps[0].nightHold
+                == QuietHours(startMinute: 22 * 60 + 30, endMinute: 420))
     }
 }

@@ -26,7 +26,8 @@ enum FirstDayFixture {
     static let policy = PlanFixture.policy(quiet: quiet, urgent: urgentQuiet)
 
     static func plan(_ procedure: Procedure, now: Date? = nil) -> [String: PlannedReminder] {
-        let reminders = Planner.plan(procedure, protocol: careProtocol, policy: policy, now: now ?? procedure.performedAt)
+        let reminders = Planner.plan(
+            procedure, protocol: careProtocol, policy: policy, now: now ?? procedure.performedAt)
         return Dictionary(uniqueKeysWithValues: reminders.map { ($0.stepID, $0) })
     }
 }
@@ -73,8 +74,10 @@ struct FirstDayAdviceTests {
             #expect(PlanFixture.local(plan[step]!.dueAt, "Asia/Kolkata") == "2026-11-26T06:00:00+05:30")
             #expect(PlanFixture.local(plan[step]!.expiresAt, "Asia/Kolkata") == "2026-11-26T12:00:00+05:30")
         }
-        #expect(Planner.unsendableSteps(
-            Array(plan.values), protocol: FirstDayFixture.careProtocol, procedure: procedure, channels: ["sms"]).isEmpty)
+        #expect(
+            Planner.unsendableSteps(
+                Array(plan.values), protocol: FirstDayFixture.careProtocol, procedure: procedure, channels: ["sms"]
+            ).isEmpty)
     }
 
     @Test("every procedure time of a day, in nine zones and on DST days: the first-day advice is always planned")
@@ -102,8 +105,9 @@ struct FirstDayAdviceTests {
                     if hour >= 6 && hour < 23 {
                         #expect(ice.dueAt == performed, "\(zoneID) \(Timestamp.format(performed, in: zone))")
                     } else {
-                        #expect(dueHour == 6 && calendar.component(.minute, from: ice.dueAt) == 0,
-                                "\(zoneID) \(Timestamp.format(performed, in: zone))")
+                        #expect(
+                            dueHour == 6 && calendar.component(.minute, from: ice.dueAt) == 0,
+                            "\(zoneID) \(Timestamp.format(performed, in: zone))")
                         #expect(ice.dueAt > performed && ice.dueAt.timeIntervalSince(performed) <= 8 * 3600)
                     }
                     #expect(ice.expiresAt.timeIntervalSince(ice.dueAt) >= 0)
@@ -122,15 +126,19 @@ struct FirstDayAdviceTests {
         let warnings = Planner.unsendableSteps(
             plan, protocol: FirstDayFixture.careProtocol, procedure: procedure, channels: ["sms"])
         #expect(warnings.map(\.stepID) == ["ice", "activity"])
-        #expect(warnings[0].description
-            == "step ice will not be sent: window closed at 2026-11-24T15:00:00-05:00 before it could be sent")
+        #expect(
+            warnings[0].description
+                == "step ice will not be sent: window closed at 2026-11-24T15:00:00-05:00 before it could be sent")
 
         // No route on a channel with a sender, and every usable route opted out.
         var careProtocol = FirstDayFixture.careProtocol
         careProtocol.steps[1].channels = ["email"]
-        let fresh = Planner.plan(procedure, protocol: careProtocol, policy: FirstDayFixture.policy, now: procedure.performedAt)
-        let noEmail = Planner.unsendableSteps(fresh, protocol: careProtocol, procedure: procedure, channels: ["sms", "email"])
-        #expect(noEmail == [PlanWarning(stepID: "activity", reason: "no contact route on a channel it may use (email)")])
+        let fresh = Planner.plan(
+            procedure, protocol: careProtocol, policy: FirstDayFixture.policy, now: procedure.performedAt)
+        let noEmail = Planner.unsendableSteps(
+            fresh, protocol: careProtocol, procedure: procedure, channels: ["sms", "email"])
+        #expect(
+            noEmail == [PlanWarning(stepID: "activity", reason: "no contact route on a channel it may use (email)")])
         var optedOut = procedure
         optedOut.patient.routes[0].optedOut = true
         let none = Planner.unsendableSteps(fresh, protocol: careProtocol, procedure: optedOut, channels: ["sms"])

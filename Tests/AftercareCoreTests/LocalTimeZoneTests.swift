@@ -54,8 +54,9 @@ struct LocalTimeZoneTests {
                     case .unique(let date):
                         #expect(expected == [Int(date.timeIntervalSince1970)], "\(label)")
                     case .repeated(let first, let second, let at, _, _):
-                        #expect(expected == [Int(first.timeIntervalSince1970), Int(second.timeIntervalSince1970)],
-                                "\(label)")
+                        #expect(
+                            expected == [Int(first.timeIntervalSince1970), Int(second.timeIntervalSince1970)],
+                            "\(label)")
                         #expect(Int(at.timeIntervalSince1970) == transition.at, "\(label)")
                     case .gap(let at, let before, let after):
                         #expect(expected.isEmpty, "\(label)")
@@ -89,11 +90,13 @@ struct LocalTimeZoneTests {
         let auckland = try #require(TimeZone(identifier: "Pacific/Auckland"))
         let night = try #require(Timestamp.parse("2026-09-26T23:00:00+12:00"))
         let policy = PlanFixture.policy(quiet: QuietHours(startMinute: 21 * 60, endMinute: 8 * 60))
-        let held = Planner.allowedTime(for: PlanFixture.step("x", .elapsed(seconds: 0)), at: night, zone: auckland,
-                                       policy: policy)
+        let held = Planner.allowedTime(
+            for: PlanFixture.step("x", .elapsed(seconds: 0)), at: night, zone: auckland,
+            policy: policy)
         #expect(Timestamp.format(held, in: auckland) == "2026-09-27T08:00:00+13:00")
         let ending = Planner.allowedTime(
-            for: PlanFixture.step("x", .elapsed(seconds: 0)), at: try #require(Timestamp.parse("2026-04-04T23:00:00+13:00")),
+            for: PlanFixture.step("x", .elapsed(seconds: 0)),
+            at: try #require(Timestamp.parse("2026-04-04T23:00:00+13:00")),
             zone: auckland, policy: policy)
         #expect(Timestamp.format(ending, in: auckland) == "2026-04-05T08:00:00+12:00")
     }
@@ -110,28 +113,37 @@ struct LocalTimeZoneTests {
                 return error.problem
             }
         }
-        #expect(problem("2026-10-04 02:30")
-            == "'2026-10-04 02:30' falls in Australia/Sydney's DST gap (clocks jump from 02:00 to 03:00 on 2026-10-04); "
-            + "that local time does not exist")
-        #expect(problem("2026-04-05 02:30")
-            == "'2026-04-05 02:30' happens twice in Australia/Sydney (clocks go back from 03:00 to 02:00 on 2026-04-05); "
-            + "give the offset: 2026-04-05T02:30:00+11:00 (first) or 2026-04-05T02:30:00+10:00 (second)")
+        #expect(
+            problem("2026-10-04 02:30")
+                == "'2026-10-04 02:30' falls in Australia/Sydney's DST gap "
+                + "(clocks jump from 02:00 to 03:00 on 2026-10-04); that local time does not exist")
+        #expect(
+            problem("2026-04-05 02:30")
+                == "'2026-04-05 02:30' happens twice in Australia/Sydney "
+                + "(clocks go back from 03:00 to 02:00 on 2026-04-05); give the offset: 2026-04-05T02:30:00+11:00 (first) or 2026-04-05T02:30:00+10:00 (second)")
         let chatham = try #require(TimeZone(identifier: "Pacific/Chatham"))
         #expect(problem("2026-09-27T03:00", chatham)?.contains("clocks jump from 02:45 to 03:45 on 2026-09-27") == true)
-        #expect(problem("yesterday")?.hasSuffix("is not now, a time with offset (2026-11-25T14:30:00-05:00) or a local "
-            + "time (2026-11-25 14:30)") == true)
+        #expect(
+            problem("yesterday")?.hasSuffix(
+                "is not now, a time with offset (2026-11-25T14:30:00-05:00) or a local "
+                    + "time (2026-11-25 14:30)") == true)
         for bad in ["2026-02-30 10:00", "2026-11-25 24:00", "2026-11-25", "2026-11-25 14:30:00:00", "2026-11-25 1:30"] {
             #expect(problem(bad) != nil, "\(bad)")
         }
         // The answers, computed by hand.
         let newYork = try #require(TimeZone(identifier: "America/New_York"))
         #expect(try TimeInput.parse("now", in: newYork, now: now) == now)
-        #expect(try TimeInput.parse("2026-11-25 14:30", in: newYork, now: now) == Timestamp.parse("2026-11-25T19:30:00Z"))
-        #expect(try TimeInput.parse("2026-11-25T14:30:15", in: newYork, now: now) == Timestamp.parse("2026-11-25T19:30:15Z"))
-        #expect(try TimeInput.parse("2026-04-05T02:30:00+10:00", in: sydney, now: now)
-            == Timestamp.parse("2026-04-04T16:30:00Z"))
+        #expect(
+            try TimeInput.parse("2026-11-25 14:30", in: newYork, now: now) == Timestamp.parse("2026-11-25T19:30:00Z"))
+        #expect(
+            try TimeInput.parse("2026-11-25T14:30:15", in: newYork, now: now) == Timestamp.parse("2026-11-25T19:30:15Z")
+        )
+        #expect(
+            try TimeInput.parse("2026-04-05T02:30:00+10:00", in: sydney, now: now)
+                == Timestamp.parse("2026-04-04T16:30:00Z"))
         // Spool files take only times with an offset, so a doubled local time cannot be read there either.
-        let line = #"{"procedure_id":"P-1","protocol":"p","performed_at":"2026-04-05 02:30","patient":{"id":"M","#
+        let line =
+            #"{"procedure_id":"P-1","protocol":"p","performed_at":"2026-04-05 02:30","patient":{"id":"M","#
             + #""time_zone":"Australia/Sydney","routes":[{"channel":"sms","to":"+61412345678"}]}}"#
         #expect(throws: IntakeError.self) { try IntakeCodec.decode(Data(line.utf8)) }
     }
@@ -146,9 +158,10 @@ struct LocalTimeZoneTests {
                 return error.description
             }
         }
-        for good in ["America/New_York", "Asia/Kolkata", "Asia/Calcutta", "US/Eastern", "Pacific/Chatham", "UTC",
-                     "Etc/UTC", "America/Argentina/Buenos_Aires"]
-        {
+        for good in [
+            "America/New_York", "Asia/Kolkata", "Asia/Calcutta", "US/Eastern", "Pacific/Chatham", "UTC",
+            "Etc/UTC", "America/Argentina/Buenos_Aires",
+        ] {
             #expect(problem(good) == nil, "\(good)")
         }
         for abbreviation in ["EST", "PST", "CET", "GMT", "EST5EDT", "NZ"] {

@@ -138,9 +138,9 @@ public enum Planner {
                     reason: "no contact route on a channel it may use (\(allowed.joined(separator: ", ")))")
             }
             if carried.allSatisfy(\.optedOut) {
+                let optedOut = carried.map(\.channel).joined(separator: ", ")
                 return PlanWarning(
-                    stepID: step.id,
-                    reason: "the patient opted out of every route it may use (\(carried.map(\.channel).joined(separator: ", ")))")
+                    stepID: step.id, reason: "the patient opted out of every route it may use (\(optedOut))")
             }
             return nil
         }
