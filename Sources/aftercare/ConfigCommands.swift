@@ -118,7 +118,8 @@ struct ProtocolCommand: AsyncParsableCommand {
                 print("")
             }
             let channels = Set(config.channels.keys)
-            let warnings = Planner.unsendableSteps(plan, protocol: careProtocol, procedure: procedure, channels: channels)
+            let warnings = Planner.unsendableSteps(
+                plan, protocol: careProtocol, procedure: procedure, channels: channels)
             for warning in warnings {
                 print("WARNING: \(warning)")
             }

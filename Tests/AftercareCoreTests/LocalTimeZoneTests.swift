@@ -120,7 +120,8 @@ struct LocalTimeZoneTests {
         #expect(
             problem("2026-04-05 02:30")
                 == "'2026-04-05 02:30' happens twice in Australia/Sydney "
-                + "(clocks go back from 03:00 to 02:00 on 2026-04-05); give the offset: 2026-04-05T02:30:00+11:00 (first) or 2026-04-05T02:30:00+10:00 (second)")
+                + "(clocks go back from 03:00 to 02:00 on 2026-04-05); give the offset: "
+                + "2026-04-05T02:30:00+11:00 (first) or 2026-04-05T02:30:00+10:00 (second)")
         let chatham = try #require(TimeZone(identifier: "Pacific/Chatham"))
         #expect(problem("2026-09-27T03:00", chatham)?.contains("clocks jump from 02:45 to 03:45 on 2026-09-27") == true)
         #expect(
