@@ -101,7 +101,7 @@ struct ProtocolCommand: AsyncParsableCommand {
             )
             let plan = Planner.plan(procedure, protocol: careProtocol, policy: config.policy, now: performed)
             print("\(careProtocol.title) — procedure at \(Show.localWithZone(performed, zone))\n")
-            if let night = careProtocol.steps.lazy.compactMap(\.nightHold).first {
+            if config.policy.quietHours != nil, let night = careProtocol.steps.lazy.compactMap(\.nightHold).first {
                 print("Steps sent at the procedure go out at once, quiet hours or not, except during the night hours "
                     + "\(night) (patient's time), when they wait until those end.\n")
             }

@@ -29,13 +29,15 @@ struct LocalTimeZoneTests {
         return found
     }
 
-    @Test("every zone, across its 2026 and 2027 transitions: each local minute resolves as brute force says")
-    func everyZoneEveryTransition() throws {
+    @Test("every zone, across its 2026 and 2027 transitions: every 5 local minutes resolve as brute force says")
+    func everyZoneEveryTransition() async throws {
         let start = Int(Timestamp.parse("2026-01-01T00:00:00Z")!.timeIntervalSince1970)
         let end = Int(Timestamp.parse("2028-01-01T00:00:00Z")!.timeIntervalSince1970)
         var checkedTransitions = 0
         var checkedZones: Set<String> = []
         for id in TimeZone.knownTimeZoneIdentifiers {
+            // CPU-bound: let the daemon suites running beside it have the cooperative threads too.
+            await Task.yield()
             let zone = try #require(TimeZone(identifier: id))
             for transition in Self.transitions(zone, from: start, to: end) {
                 // Brute force: every UTC minute within 6 h of the change, read on the local clock.
@@ -46,7 +48,9 @@ struct LocalTimeZoneTests {
                 }
                 let low = transition.at + min(transition.before, transition.after) - 90 * 60
                 let high = transition.at + max(transition.before, transition.after) + 90 * 60
-                for wall in stride(from: low, through: high, by: 60) {
+                // Every 5 minutes: each zone's offsets and changes fall on whole quarter hours, so the
+                // edges of every gap and doubled hour are among them.
+                for wall in stride(from: low, through: high, by: 300) {
                     let local = LocalTime(wallSeconds: wall)
                     let expected = (instants[wall] ?? []).sorted()
                     let label = "\(id) wall \(wall) around \(transition.at)"

@@ -97,7 +97,8 @@ public struct Step: Sendable, Hashable {
     /// For a step sent at the procedure (`send_at_procedure = true`): the night hours, in the
     /// patient's zone, during which it waits. Outside them it goes out at once, quiet hours or not,
     /// since the patient has just been seen and is awake; and its validity window counts only the
-    /// hours outside them, so a procedure late in the evening still gets it the next morning.
+    /// hours outside them, so a procedure late in the evening still gets it the next morning. A
+    /// clinic without quiet hours holds nothing (see ``Planner/nightHours(for:policy:)``).
     /// `nil` for every other step.
     public var nightHold: QuietHours?
 

@@ -25,7 +25,7 @@ public enum Planner {
         let zone = procedure.patientTimeZone
         return careProtocol.steps.map { step in
             let nominal = nominalTime(of: step.offset, after: procedure.performedAt, zone: zone)
-            let expires = windowEnd(of: step, nominal: nominal, zone: zone)
+            let expires = windowEnd(of: step, nominal: nominal, zone: zone, policy: policy)
             let candidate = max(nominal, now)
             let due = allowedTime(for: step, at: candidate, zone: zone, policy: policy)
             if candidate > expires {
@@ -63,8 +63,8 @@ public enum Planner {
     /// The last moment the step may still go out. Ordinarily `valid_for` after its nominal time; for a
     /// step sent at the procedure, `valid_for` of time outside the night hours, so that its window
     /// never runs out while it is held through the night.
-    public static func windowEnd(of step: Step, nominal: Date, zone: TimeZone) -> Date {
-        guard let night = step.nightHold, night.startMinute != night.endMinute else {
+    public static func windowEnd(of step: Step, nominal: Date, zone: TimeZone, policy: ClinicPolicy) -> Date {
+        guard let night = nightHours(for: step, policy: policy), night.startMinute != night.endMinute else {
             return nominal.addingTimeInterval(Double(step.validForSeconds))
         }
         var remaining = Double(step.validForSeconds)
@@ -86,10 +86,16 @@ public enum Planner {
     /// only through its night hours; ordinary steps follow the clinic's quiet hours; `urgent` ones
     /// follow its urgent rule (none, unless configured).
     public static func allowedTime(for step: Step, at earliest: Date, zone: TimeZone, policy: ClinicPolicy) -> Date {
-        guard let quiet = step.nightHold ?? (step.urgent ? policy.urgentQuietHours : policy.quietHours) else {
-            return earliest
-        }
+        let quiet = step.sendsAtProcedure
+            ? nightHours(for: step, policy: policy) : step.urgent ? policy.urgentQuietHours : policy.quietHours
+        guard let quiet else { return earliest }
         return endOfHold(quiet, at: earliest, zone: zone)
+    }
+
+    /// The night hours that hold a step sent at the procedure: a narrower quiet time, so a clinic that
+    /// keeps no quiet hours at all holds nothing, these steps included.
+    public static func nightHours(for step: Step, policy: ClinicPolicy) -> QuietHours? {
+        policy.quietHours == nil ? nil : step.nightHold
     }
 
     /// `earliest`, or the end of `window` if `earliest` falls inside it.
