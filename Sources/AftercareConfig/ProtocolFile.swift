@@ -14,13 +14,22 @@ public enum ProtocolFile {
             throw root.error("id", "\(error)")
         }
         let title = try root.string("title") ?? id
+        var nightHours = defaultNightHours
+        if let text = try root.string("night_hours") {
+            guard let window = parseWindow(text) else {
+                throw root.error(
+                    "night_hours",
+                    "'night_hours' = \"\(InputRules.printable(text))\" is not a window such as \"23:00-06:00\"")
+            }
+            nightHours = window
+        }
         guard let stepSections = try root.tables("steps"), !stepSections.isEmpty else {
             throw root.error(nil, "a protocol needs at least one [[steps]] table")
         }
         try root.rejectUnknownKeys()
         var steps: [Step] = []
         for section in stepSections {
-            let step = try readStep(section)
+            let step = try readStep(section, nightHours: nightHours)
             if steps.contains(where: { $0.id == step.id }) {
                 throw section.error("id", "step id '\(step.id)' appears twice")
             }
@@ -29,7 +38,10 @@ public enum ProtocolFile {
         return CareProtocol(id: id, title: title, steps: steps)
     }
 
-    private static func readStep(_ section: Section) throws(ConfigError) -> Step {
+    /// The night hours a step sent at the procedure waits through when the protocol names none.
+    public static let defaultNightHours = QuietHours(startMinute: 23 * 60, endMinute: 6 * 60)
+
+    private static func readStep(_ section: Section, nightHours: QuietHours) throws(ConfigError) -> Step {
         let id = try section.requiredString("id")
         do {
             try InputRules.checkName(id, field: "id")
@@ -46,6 +58,17 @@ public enum ProtocolFile {
             throw section.error(nil, "missing key 'valid_for' in \(section.display) (how late the step may still go out)")
         }
         let urgent = try section.bool("urgent") ?? false
+        let sendAtProcedure = try section.bool("send_at_procedure") ?? false
+        if sendAtProcedure {
+            guard offset == .elapsed(seconds: 0) else {
+                throw section.error(
+                    "send_at_procedure", "send_at_procedure = true needs at = \"+0h\" (the procedure itself)")
+            }
+            guard !urgent else {
+                throw section.error(
+                    "send_at_procedure", "a step is either send_at_procedure or urgent: each has its own hold rule")
+            }
+        }
         let channels = try section.strings("channels") ?? []
         for channel in channels {
             do {
@@ -74,7 +97,7 @@ public enum ProtocolFile {
         try section.rejectUnknownKeys()
         return Step(
             id: id, offset: offset, validForSeconds: validFor, urgent: urgent, channels: channels, subject: subject,
-            body: body)
+            body: body, nightHold: sendAtProcedure ? nightHours : nil)
     }
 
     /// `+24h`, `+1h30m`, `same day 18:00`, `next day 09:00`, `day 2 09:00`.
@@ -96,6 +119,15 @@ public enum ProtocolFile {
         }
         guard let minutes = parseClock(String(clock)) else { return nil }
         return .wallClock(days: days, hour: minutes / 60, minute: minutes % 60)
+    }
+
+    /// `23:00-06:00` as a window; start and end must differ.
+    static func parseWindow(_ text: String) -> QuietHours? {
+        let parts = text.trimmingCharacters(in: .whitespaces).split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let start = parseClock(String(parts[0])), let end = parseClock(String(parts[1])),
+            start != end
+        else { return nil }
+        return QuietHours(startMinute: start, endMinute: end)
     }
 
     /// `HH:MM` as minutes after midnight.

@@ -24,6 +24,7 @@ public struct ProtocolVersion: Sendable, Hashable {
             object.field("offset", step.offset.description)
             object.field("valid_for_seconds", step.validForSeconds)
             object.field("urgent", step.urgent)
+            if let night = step.nightHold { object.field("send_at_procedure_night_hours", night.description) }
             object.raw("channels", "[" + step.channels.map(JSONText.string).joined(separator: ",") + "]")
             object.field("subject", step.subject.source)
             object.field("body", step.body.source)

@@ -60,12 +60,7 @@ struct AddCommand: AsyncParsableCommand {
             throw CLIError("\(error)")
         }
         let zone = TimeZone(identifier: zoneID)!
-        guard let performed = Show.parseTime(performedAt, zone: zone) else {
-            throw CLIError(
-                "--performed-at: '\(InputRules.printable(performedAt))' is not now, a time with offset "
-                    + "(2026-11-25T14:30:00-05:00) or a local time (2026-11-25 14:30)"
-            )
-        }
+        let performed = try Show.parseTime(performedAt, zone: zone, option: "--performed-at")
         guard !routes.isEmpty else { throw CLIError("--route: at least one contact route is needed, e.g. --route sms:+15551234567") }
         var contactRoutes: [ContactRoute] = []
         for text in routes {
@@ -112,6 +107,14 @@ struct AddCommand: AsyncParsableCommand {
             ]
         }
         print(Show.table(["STEP", "DUE", "STATE", "NOTE"], rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        // Steps that will never reach the patient, said where staff cannot miss them.
+        if let careProtocol = config.protocols[protocolID] {
+            let warnings = Planner.unsendableSteps(
+                planned, protocol: careProtocol, procedure: procedure, channels: Set(config.channels.keys))
+            for warning in warnings {
+                FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
+            }
+        }
     }
 }
 

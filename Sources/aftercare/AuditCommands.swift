@@ -266,7 +266,7 @@ enum Journal {
 enum AuditTime {
     static func parse(_ text: String, zone: TimeZone, option: String) throws -> Date {
         if let date = Timestamp.parse(text) { return date }
-        if let date = Show.parseTime(text + " 00:00", zone: zone) { return date }
+        if let date = try? Show.parseTime(text + " 00:00", zone: zone, option: option) { return date }
         throw CLIError("\(option): '\(InputRules.printable(text))' is not a time (2026-11-25 or 2026-11-25T08:00:00-05:00)")
     }
 }

@@ -91,10 +91,9 @@ struct ProtocolCommand: AsyncParsableCommand {
                         + "(configured: \(config.protocols.keys.sorted().joined(separator: ", ")))")
             }
             let zoneID = timeZone ?? config.policy.clinicTimeZone
-            guard let zone = TimeZone(identifier: zoneID) else { throw CLIError("--time-zone: unknown zone '\(zoneID)'") }
-            guard let performed = Show.parseTime(performedAt, zone: zone) else {
-                throw CLIError("--performed-at: '\(InputRules.printable(performedAt))' is not a time")
-            }
+            do { try InputRules.checkTimeZone(zoneID, field: "--time-zone") } catch { throw CLIError("\(error)") }
+            let zone = TimeZone(identifier: zoneID)!
+            let performed = try Show.parseTime(performedAt, zone: zone, option: "--performed-at")
             let procedure = Procedure(
                 id: "PREVIEW", protocolID: protocolID, performedAt: performed,
                 patient: Patient(id: "PREVIEW", firstName: firstName, timeZone: zoneID,
@@ -102,14 +101,27 @@ struct ProtocolCommand: AsyncParsableCommand {
             )
             let plan = Planner.plan(procedure, protocol: careProtocol, policy: config.policy, now: performed)
             print("\(careProtocol.title) — procedure at \(Show.localWithZone(performed, zone))\n")
+            if config.policy.quietHours != nil, let night = careProtocol.steps.lazy.compactMap(\.nightHold).first {
+                print("Steps sent at the procedure go out at once, quiet hours or not, except during the night hours "
+                    + "\(night) (patient's time), when they wait until those end.\n")
+            }
             for (step, reminder) in zip(careProtocol.steps, plan) {
                 let context = TemplateContext(procedure: procedure, policy: config.policy, sendAt: reminder.dueAt)
                 print("── \(step.id)  \(Show.localWithZone(reminder.dueAt, zone))  (at \(step.offset), valid for "
-                    + "\(DurationText.format(seconds: step.validForSeconds))\(step.urgent ? ", urgent" : ""))"
+                    + "\(DurationText.format(seconds: step.validForSeconds))\(step.urgent ? ", urgent" : "")"
+                    + "\(step.sendsAtProcedure ? ", sent at the procedure" : ""))"
                     + (reminder.note.map { "  — \($0)" } ?? ""))
                 print("Subject: \(step.subject.render(context))")
-                print(step.body.render(context))
+                let body = step.body.render(context)
+                print(body)
+                print("[SMS: \(SMSLength(body))]")
                 print("")
+            }
+            let channels = Set(config.channels.keys)
+            let warnings = Planner.unsendableSteps(
+                plan, protocol: careProtocol, procedure: procedure, channels: channels)
+            for warning in warnings {
+                print("WARNING: \(warning)")
             }
         }
     }

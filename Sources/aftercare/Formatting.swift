@@ -35,20 +35,14 @@ enum Show {
     }
 
     /// Parses `now`, an RFC 3339 time with offset, or a local `YYYY-MM-DD HH:MM` (also with `T`) read
-    /// in `zone`.
-    static func parseTime(_ text: String, zone: TimeZone, now: Date = Date()) -> Date? {
-        if text == "now" { return now }
-        if let date = Timestamp.parse(text) { return date }
-        let normalized = text.replacingOccurrences(of: "T", with: " ")
-        for format in ["yyyy-MM-dd HH:mm", "yyyy-MM-dd HH:mm:ss"] {
-            let formatter = DateFormatter()
-            formatter.locale = Locale(identifier: "en_US_POSIX")
-            formatter.timeZone = zone
-            formatter.dateFormat = format
-            formatter.isLenient = false
-            if let date = formatter.date(from: normalized) { return date }
+    /// in `zone`, by the one rule of ``TimeInput`` (a local time in a DST gap, or one that happens
+    /// twice, is refused); the error names `option`.
+    static func parseTime(_ text: String, zone: TimeZone, option: String, now: Date = Date()) throws -> Date {
+        do {
+            return try TimeInput.parse(text, in: zone, now: now)
+        } catch {
+            throw CLIError("\(option): \(error)")
         }
-        return nil
     }
 
     static func stateLabel(_ reminder: PlannedReminder) -> String {

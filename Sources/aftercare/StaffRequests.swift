@@ -160,10 +160,7 @@ struct RescheduleCommand: AsyncParsableCommand {
         let zone = TimeZone(identifier: timeZone ?? known?.0.procedure.patient.timeZone ?? config.policy.clinicTimeZone)!
         var performed: Date?
         if let performedAt {
-            guard let date = Show.parseTime(performedAt, zone: zone) else {
-                throw CLIError("--performed-at: '\(InputRules.printable(performedAt))' is not a time")
-            }
-            performed = date
+            performed = try Show.parseTime(performedAt, zone: zone, option: "--performed-at")
         }
         try submit(
             .reschedule(procedureID: procedureID, performedAt: performed, timeZone: timeZone),

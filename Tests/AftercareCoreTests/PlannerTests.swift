@@ -3,6 +3,10 @@ import Foundation
 import Testing
 
 /// A small protocol with one step of each kind the planner must handle.
+///
+/// Its `now` step is an ordinary 0 h step (no `send_at_procedure`), so the quiet-hours tests below
+/// still prove the ordinary rule; since issue 9 the default protocol's first-day steps follow the
+/// night-hold rule instead, proved in `FirstDayAdviceTests`.
 enum PlanFixture {
     static func step(_ id: String, _ offset: StepOffset, validFor: Int = 6 * 3600, urgent: Bool = false) -> Step {
         Step(

@@ -184,10 +184,15 @@ struct DaemonEndToEndTests {
         #expect(reminders.first { $0.stepID == "ice" }?.lastError == "gave up after 3 tries: HTTP 503")
     }
 
-    @Test("a retry that would land in quiet hours waits for them to end, or expires if its window closes first")
+    @Test("a retry that would land in the night waits for it to end, inside a window that skips the night")
     func retriesRespectQuietHours() async throws {
-        // 20:55 in New York, quiet from 21:00 to 08:00. The gateway asks to be retried in an hour.
-        let evening = Timestamp.parse("2026-11-25T20:55:00-05:00")!
+        // 22:55 in New York, quiet from 21:00 to 08:00. The gateway asks to be retried in an hour.
+        // Changed with the first-day rule (issue 9): ice and activity are sent at the procedure, so
+        // they go out at 22:55 despite quiet hours; the retry at 23:55 falls in the night hours
+        // (23:00-06:00) and waits until 06:00. Before, both expired and the patient got no first-day
+        // advice at all.
+        let evening = Timestamp.parse("2026-11-25T22:55:00-05:00")!
+        let newYork = TimeZone(identifier: "America/New_York")!
         let sender = RecordingSender { message in
             message.attempt == 1
                 ? SendResult(.retry(after: 3600, reason: "HTTP 429"), responseCode: 429)
@@ -201,17 +206,23 @@ struct DaemonEndToEndTests {
         let store = try harness.store()
         let (_, reminders) = try #require(try await store.procedure("P-q"))
         let byStep = Dictionary(uniqueKeysWithValues: reminders.map { ($0.stepID, $0) })
-        // ice is valid for 6 h (until 02:55); 08:00 is too late, so it expires rather than go out stale.
-        #expect(byStep["ice"]?.state == .expired)
-        // activity too; nothing is sent in the night.
-        #expect(byStep["activity"]?.state == .expired)
-        harness.clock.set(Timestamp.parse("2026-11-26T07:59:00-05:00")!)
+        // Five minutes of the 6 h window before the night, 5 h 55 min after it: open until 11:55.
+        #expect(byStep["ice"]?.state == .scheduled)
+        #expect(byStep["ice"].map { Timestamp.format($0.dueAt, in: newYork) } == "2026-11-26T06:00:00-05:00")
+        #expect(byStep["ice"].map { Timestamp.format($0.expiresAt, in: newYork) }
+            == "2026-11-26T11:55:00-05:00")
+        harness.clock.set(Timestamp.parse("2026-11-26T05:59:00-05:00")!)
         await harness.settle()
         #expect(sender.messages.count == 2)
+        harness.clock.set(Timestamp.parse("2026-11-26T06:00:00-05:00")!)
+        #expect(await harness.eventually { sender.messages.count == 4 })
+        await harness.settle()
         try await harness.stop()
         let log = try await store.auditLog(AuditFilter(procedureID: "P-q", stepID: "ice"))
-        #expect(log.map(\.entry.event) == [.attempt, .expired])
-        #expect(log.last?.entry.detail?.contains("after its window closed") == true)
+        #expect(log.map(\.entry.event) == [.attempt, .attempt])
+        let (_, after) = try #require(try await store.procedure("P-q"))
+        #expect(after.first { $0.stepID == "ice" }?.state == .delivered)
+        #expect(after.first { $0.stepID == "activity" }?.state == .delivered)
     }
 
     @Test("opted-out routes are passed over for the next one, and logged")

@@ -180,13 +180,38 @@ public enum InputRules {
         }
     }
 
-    /// A time zone aftercare can reckon in.
+    /// A time zone aftercare can reckon in: an IANA region name (`America/New_York`) or one of its
+    /// links (`Asia/Calcutta`, `US/Eastern`), or `UTC`. Abbreviations (`EST`, `PST`, `CET`) are refused:
+    /// they name no DST rule, and `EST` is winter time all year. Offset names (`GMT+5`, `UTC-03:00`) are
+    /// refused too: they never follow DST, and the tz database's `Etc/GMT+5` means UTC-5, the sign the
+    /// other way round from what it seems to say.
     public static func checkTimeZone(_ value: String, field: String) throws(ValidationError) {
-        guard !value.isEmpty, TimeZone(identifier: value) != nil else {
-            throw ValidationError(
-                field: field,
-                problem: "'\(printable(value))' is not a known IANA time zone such as America/New_York"
-            )
+        let hint = "use a region name such as America/New_York or Asia/Kolkata"
+        func refuse(_ problem: String) -> ValidationError {
+            ValidationError(field: field, problem: "'\(printable(value))' \(problem)")
+        }
+        let bytes = Array(value.utf8)
+        if value.hasPrefix("Etc/GMT"), bytes.count > 7, bytes[7] == UInt8(ascii: "+") || bytes[7] == UInt8(ascii: "-") {
+            let sign = bytes[7] == UInt8(ascii: "+") ? "-" : "+"
+            throw refuse(
+                "is a fixed offset with the sign inverted (it means UTC\(sign)\(value.dropFirst(8))) that never "
+                    + "follows daylight saving time; \(hint)")
+        }
+        for prefix in ["GMT", "UTC", "UT", "Etc/UTC", "Etc/UT", "+", "-"] where value.hasPrefix(prefix) {
+            let rest = value.dropFirst(prefix.count)
+            if let first = rest.first, first == "+" || first == "-" || first.isNumber || prefix.count == 1 {
+                throw refuse("is a fixed offset, not a time zone: it never follows daylight saving time; \(hint)")
+            }
+        }
+        // EST, PST, CET, GMT, EST5EDT, NZ, PRC: abbreviations and the old POSIX-style names.
+        let isAbbreviation = !bytes.isEmpty
+            && bytes.allSatisfy { ($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z")) || ($0 >= 48 && $0 <= 57) }
+        if isAbbreviation && value != "UTC" {
+            throw refuse("is an abbreviation, not a time zone (it names no daylight-saving rule); \(hint)")
+        }
+        // Foundation also reads offsets and abbreviations it knows; a real zone keeps its own name.
+        guard !value.isEmpty, let zone = TimeZone(identifier: value), zone.identifier == value || value == "UTC" else {
+            throw refuse("is not a known IANA time zone such as America/New_York")
         }
     }
 

@@ -39,6 +39,14 @@ public struct QuietHours: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         String(format: "%02d:%02d-%02d:%02d", startMinute / 60, startMinute % 60, endMinute / 60, endMinute % 60)
     }
+
+    /// Whether the local time of day `secondOfDay` is inside the window.
+    public func contains(secondOfDay second: Int) -> Bool {
+        let start = startMinute * 60
+        let end = endMinute * 60
+        if start == end { return false }
+        return start < end ? second >= start && second < end : second >= start || second < end
+    }
 }
 
 /// The clinic-wide settings the planner and the templates need.
@@ -86,6 +94,16 @@ public struct Step: Sendable, Hashable {
     public var subject: MessageTemplate
     /// The message body as a template.
     public var body: MessageTemplate
+    /// For a step sent at the procedure (`send_at_procedure = true`): the night hours, in the
+    /// patient's zone, during which it waits. Outside them it goes out at once, quiet hours or not,
+    /// since the patient has just been seen and is awake; and its validity window counts only the
+    /// hours outside them, so a procedure late in the evening still gets it the next morning. A
+    /// clinic without quiet hours holds nothing (see ``Planner/nightHours(for:policy:)``).
+    /// `nil` for every other step.
+    public var nightHold: QuietHours?
+
+    /// Whether the step goes out at the procedure under the night-hold rule.
+    public var sendsAtProcedure: Bool { nightHold != nil }
 
     public init(
         id: String,
@@ -94,7 +112,8 @@ public struct Step: Sendable, Hashable {
         urgent: Bool,
         channels: [String],
         subject: MessageTemplate,
-        body: MessageTemplate
+        body: MessageTemplate,
+        nightHold: QuietHours? = nil
     ) {
         self.id = id
         self.offset = offset
@@ -103,6 +122,7 @@ public struct Step: Sendable, Hashable {
         self.channels = channels
         self.subject = subject
         self.body = body
+        self.nightHold = nightHold
     }
 }
 
