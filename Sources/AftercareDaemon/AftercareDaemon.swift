@@ -1,6 +1,7 @@
 import AftercareConfig
 import AftercareCore
 import AftercareDelivery
+import AftercareMetrics
 import AftercareStore
 import Foundation
 import Logging
@@ -25,6 +26,7 @@ public final class AftercareDaemon: Service, Sendable {
     private let logger: Logger
     private let notifier: any ServiceManagerNotifier
     private let makeSender: SenderMaker
+    private let metrics: DaemonMetrics
     private let wakeup = Wakeup()
     private let intakeWakeup = Wakeup()
     private let shuttingDown = Mutex(false)
@@ -39,12 +41,14 @@ public final class AftercareDaemon: Service, Sendable {
     ///   - notifier: the service manager to tell about readiness, status and liveness.
     ///   - makeSender: builds senders from their settings; tests may substitute their own.
     ///   - handlesSIGHUP: trap SIGHUP to reload (off in tests that run several daemons in one process).
+    ///   - metrics: where outcomes and progress are counted (default: swift-metrics' global backend).
     public init(
         configPath: String,
         clock: any WallClock = SystemClock(),
         logger: Logger,
         notifier: any ServiceManagerNotifier = SilentNotifier(),
         handlesSIGHUP: Bool = true,
+        metrics: DaemonMetrics = DaemonMetrics(),
         makeSender: @escaping SenderMaker
     ) {
         self.configPath = configPath
@@ -53,6 +57,7 @@ public final class AftercareDaemon: Service, Sendable {
         self.notifier = notifier
         self.handlesSIGHUP = handlesSIGHUP
         self.makeSender = makeSender
+        self.metrics = metrics
     }
 
     /// Asks a running daemon to re-read its configuration, as SIGHUP does.
@@ -211,6 +216,7 @@ public final class AftercareDaemon: Service, Sendable {
         // Outcomes the store refused are waiting to be written: only writing them clears the fault.
         var outcomesRefused = false
         func storageFailed(_ what: String, _ error: any Error) {
+            metrics.storageFailing("\(what): \(error)")
             if storageFailingSince == nil {
                 storageFailingSince = .now
                 logger.error("\(what) failed: \(error); retrying every \(Self.storageRetry), watchdog paused")
@@ -220,6 +226,7 @@ public final class AftercareDaemon: Service, Sendable {
             storageRetryAt = .now + Self.storageRetry
         }
         func storageWorked() {
+            metrics.storageWorks()
             if let since = storageFailingSince {
                 logger.notice("the store works again after \(ContinuousClock.now - since); delivery resumes")
             }
@@ -249,6 +256,7 @@ public final class AftercareDaemon: Service, Sendable {
         try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
             while true {
                 if storageFailingSince == nil { notifier.watchdogPing() }
+                metrics.pipelineTurned()
                 guard let current = runtime.withLock({ $0 }) else { return }
                 let dispatch = current.config.dispatch
                 let limit = max(1, dispatch.maxConcurrent)
@@ -422,6 +430,7 @@ public final class AftercareDaemon: Service, Sendable {
             logger.error("cannot record \(outcomes.count) outcome(s): \(error); kept, to be written when the store works")
             return false
         }
+        metrics.recorded(outcomes)
         logger.info(
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
