@@ -52,11 +52,17 @@ public struct MetricsEndpoint: Service {
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
-            onServerRunning: { [settings, logger] channel in
+            onServerRunning: { [settings, logger, stateDirectory] channel in
                 let port = channel.localAddress?.port ?? settings.port
                 var bound = settings
                 bound.port = port
-                try? (bound.listen + "\n").write(toFile: addressPath, atomically: true, encoding: .utf8)
+                // The listener can be up before the daemon has made its state folder.
+                try? FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+                do {
+                    try (bound.listen + "\n").write(toFile: addressPath, atomically: true, encoding: .utf8)
+                } catch {
+                    logger.warning("cannot write \(addressPath): \(error)")
+                }
                 logger.notice("metrics on http://\(bound.listen)/metrics, health on http://\(bound.listen)/health")
             },
             logger: quiet

@@ -13,41 +13,47 @@ struct MetricsEndpointTests {
 
     @Test("a delivery shows in the counters, the send-time and lateness histograms and the queue gauges")
     func deliveryIsCounted() async throws {
-        // Two minutes after the procedure: its two "+0h" steps are due and go out 120 s late.
-        let harness = try MetricsHarness(start: Self.afternoon.addingTimeInterval(120))
+        let harness = try MetricsHarness(start: Self.afternoon)
         harness.start()
         let address = try #require(await harness.address())
         #expect(address.hasPrefix("127.0.0.1:") && !address.hasSuffix(":0"), "the chosen port is written: \(address)")
+        // The two "+0h" steps go out at once, on time.
         try harness.spool.submit([.procedure(MetricsHarness.procedure("P-1", at: Self.afternoon))], label: "one")
         #expect(await harness.eventually { harness.outboxFiles().count == 2 })
+        #expect(await harness.eventually {
+            (try? await harness.scrape())?.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "delivered"]) == 2
+        })
+        // The daemon's clock jumps to two minutes after the 24 h steps fell due: they go out 120 s late.
+        harness.clock.set(Self.afternoon.addingTimeInterval(86400 + 120))
+        #expect(await harness.eventually { harness.outboxFiles().count == 4 })
 
         // Outcomes are counted when recorded, gauges at the next refresh (every second here).
         #expect(await harness.eventually {
             let metrics = try? await harness.scrape()
-            return metrics?.value("aftercare_reminders", ["state": "delivered"]) == 2
-                && metrics?.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "delivered"]) == 2
+            return metrics?.value("aftercare_reminders", ["state": "delivered"]) == 4
+                && metrics?.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "delivered"]) == 4
         })
         let metrics = try await harness.scrape()
         #expect(metrics.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "retry"]) == 0)
-        #expect(metrics.value("aftercare_reminder_outcomes_total", ["outcome": "delivered"]) == 2)
+        #expect(metrics.value("aftercare_reminder_outcomes_total", ["outcome": "delivered"]) == 4)
         #expect(metrics.value("aftercare_reminder_outcomes_total", ["outcome": "dead"]) == 0)
-        #expect(metrics.value("aftercare_send_duration_seconds_count", ["sender": "outbox"]) == 2)
-        #expect(metrics.bucket("aftercare_send_duration_seconds", le: 60, ["sender": "outbox"]) == 2)
-        // 120 s late: above the 60 s bucket, inside the 300 s one.
-        #expect(metrics.value("aftercare_lateness_seconds_count") == 2)
-        #expect(metrics.bucket("aftercare_lateness_seconds", le: 60) == 0)
-        #expect(metrics.bucket("aftercare_lateness_seconds", le: 300) == 2)
+        #expect(metrics.value("aftercare_send_duration_seconds_count", ["sender": "outbox"]) == 4)
+        #expect(metrics.bucket("aftercare_send_duration_seconds", le: 60, ["sender": "outbox"]) == 4)
+        // Two on time, two 120 s late: the 60 s bucket holds two, the 300 s one all four.
+        #expect(metrics.value("aftercare_lateness_seconds_count") == 4)
+        #expect(metrics.bucket("aftercare_lateness_seconds", le: 60) == 2)
+        #expect(metrics.bucket("aftercare_lateness_seconds", le: 300) == 4)
         let latenessSum = try #require(metrics.value("aftercare_lateness_seconds_sum"))
         #expect(latenessSum >= 240 && latenessSum < 250, "\(latenessSum)")
-        // Four later steps wait; none is due now.
-        #expect(metrics.value("aftercare_reminders", ["state": "scheduled"]) == 4)
+        // Two later steps wait; none is due now.
+        #expect(metrics.value("aftercare_reminders", ["state": "scheduled"]) == 2)
         #expect(metrics.value("aftercare_reminders", ["state": "dead"]) == 0)
         #expect(metrics.value("aftercare_reminders", ["state": "expired"]) == 0)
         #expect(metrics.value("aftercare_queue_depth") == 0)
         let nextDue = try #require(metrics.value("aftercare_next_due_timestamp_seconds"))
-        #expect(nextDue == Self.afternoon.addingTimeInterval(86400).timeIntervalSince1970)
+        #expect(nextDue == Self.afternoon.addingTimeInterval(2 * 86400).timeIntervalSince1970)
         #expect(metrics.value("aftercare_last_delivery_timestamp_seconds")
-            == Self.afternoon.addingTimeInterval(120).timeIntervalSince1970)
+            == Self.afternoon.addingTimeInterval(86400 + 120).timeIntervalSince1970)
         #expect((metrics.value("aftercare_delivery_log_rows") ?? 0) >= 3, "the intake row and two attempts")
         #expect(metrics.value("aftercare_spool_waiting") == 0)
         #expect(metrics.value("aftercare_spool_rejected") == 0)
