@@ -74,7 +74,8 @@ public final class DaemonMetrics: Sendable {
             case .failed: result = "failed"
             }
             counters.attempts[result]?.increment()
-            counters.duration.record(duration: Self.duration(max(0, attempt.endedAt.timeIntervalSince(attempt.startedAt))))
+            let sendTime = attempt.endedAt.timeIntervalSince(attempt.startedAt)
+            counters.duration.record(duration: Self.duration(max(0, sendTime)))
         }
     }
 
@@ -126,7 +127,8 @@ public final class DaemonMetrics: Sendable {
             if let counters = known[sender] { return counters }
             let counters = SenderCounters(
                 attempts: Dictionary(uniqueKeysWithValues: ["delivered", "retry", "failed"].map {
-                    ($0, Counter(label: Name.attempts, dimensions: [("sender", sender), ("outcome", $0)], factory: factory))
+                    ($0, Counter(
+                        label: Name.attempts, dimensions: [("sender", sender), ("outcome", $0)], factory: factory))
                 }),
                 duration: Metrics.Timer(label: Name.sendDuration, dimensions: [("sender", sender)], factory: factory))
             known[sender] = counters

@@ -42,7 +42,8 @@ public struct MetricsEndpoint: Service {
         router.get("health") { [metrics] _, _ -> Response in
             let verdict = metrics.health()
             return Response(
-                status: verdict.isHealthy ? .ok : .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"],
+                status: verdict.isHealthy ? .ok : .serviceUnavailable,
+                headers: [.contentType: "text/plain; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(string: verdict.line + "\n")))
         }
         // Hummingbird's own request and start-up lines are noise in the journal: ours says where it listens.

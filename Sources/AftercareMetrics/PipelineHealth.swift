@@ -72,7 +72,9 @@ enum PipelineHealth {
             if waiting > stallAfter {
                 var reason = "\(queue.dueNow) reminder(s) due, the oldest for \(Self.spoken(waiting)) "
                     + "(since \(Timestamp.format(earliest, in: .gmt))), not being claimed"
-                if sinceTurn > stallAfter { reason += "; the dispatch pipeline last turned \(Self.spoken(sinceTurn)) ago" }
+                if sinceTurn > stallAfter {
+                    reason += "; the dispatch pipeline last turned \(Self.spoken(sinceTurn)) ago"
+                }
                 return .stuck(reason)
             }
         }

@@ -11,7 +11,8 @@ struct HealthTests {
 
     func progress(turnedAt: Duration? = .seconds(1), queue: QueueSnapshot? = nil) -> PipelineProgress {
         PipelineProgress(
-            startedAt: Self.start, firstTurn: turnedAt.map { _ in Self.start }, lastTurn: turnedAt.map { Self.start + $0 },
+            startedAt: Self.start, firstTurn: turnedAt.map { _ in Self.start },
+            lastTurn: turnedAt.map { Self.start + $0 },
             queue: queue)
     }
 
@@ -29,7 +30,8 @@ struct HealthTests {
     func healthy() {
         #expect(judge(progress(queue: queue(due: 0, oldestWaiting: 0)), at: .seconds(3)).isHealthy)
         // Idle for a day with nothing due: nothing to claim, nothing stuck.
-        #expect(judge(progress(queue: queue(at: .seconds(86400), due: 0, oldestWaiting: 0)), at: .seconds(86400)).isHealthy)
+        let idle = progress(queue: queue(at: .seconds(86400), due: 0, oldestWaiting: 0))
+        #expect(judge(idle, at: .seconds(86400)).isHealthy)
         // A backlog younger than stall_after is work in progress.
         #expect(judge(progress(queue: queue(due: 500, oldestWaiting: 899)), at: .seconds(3)).isHealthy)
     }
@@ -48,7 +50,8 @@ struct HealthTests {
 
     @Test("due reminders waiting past stall_after are stuck; the reason says whether the pipeline turns")
     func unclaimed() {
-        let turning = judge(progress(turnedAt: .seconds(1000), queue: queue(due: 3, oldestWaiting: 960)), at: .seconds(1001))
+        let turning = judge(
+            progress(turnedAt: .seconds(1000), queue: queue(due: 3, oldestWaiting: 960)), at: .seconds(1001))
         guard case .stuck(let reason) = turning else {
             Issue.record("\(turning)")
             return
@@ -56,8 +59,9 @@ struct HealthTests {
         #expect(reason.hasPrefix("3 reminder(s) due, the oldest for 16m"), "\(reason)")
         #expect(reason.hasSuffix("not being claimed"), "\(reason)")
 
-        let asleep = judge(progress(turnedAt: .seconds(1), queue: queue(at: .seconds(2000), due: 1, oldestWaiting: 1800)),
-                           at: .seconds(2001))
+        let asleep = judge(
+            progress(turnedAt: .seconds(1), queue: queue(at: .seconds(2000), due: 1, oldestWaiting: 1800)),
+            at: .seconds(2001))
         guard case .stuck(let why) = asleep else {
             Issue.record("\(asleep)")
             return
@@ -83,6 +87,7 @@ struct HealthTests {
     func unreadable() {
         var snapshot = queue(due: 0, oldestWaiting: 0)
         snapshot.readProblem = "cannot open database"
-        #expect(judge(progress(queue: snapshot), at: .seconds(3)) == .stuck("the queue cannot be read: cannot open database"))
+        let verdict = judge(progress(queue: snapshot), at: .seconds(3))
+        #expect(verdict == .stuck("the queue cannot be read: cannot open database"))
     }
 }

@@ -21,7 +21,8 @@ struct MetricsEndpointTests {
         try harness.spool.submit([.procedure(MetricsHarness.procedure("P-1", at: Self.afternoon))], label: "one")
         #expect(await harness.eventually { harness.outboxFiles().count == 2 })
         #expect(await harness.eventually {
-            (try? await harness.scrape())?.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "delivered"]) == 2
+            let metrics = try? await harness.scrape()
+            return metrics?.value("aftercare_attempts_total", ["sender": "outbox", "outcome": "delivered"]) == 2
         })
         // The daemon's clock jumps to two minutes after the 24 h steps fell due: they go out 120 s late.
         harness.clock.set(Self.afternoon.addingTimeInterval(86400 + 120))

@@ -21,13 +21,15 @@ final class MetricsHarness: Sendable {
     private let task: Mutex<Task<Void, any Error>?> = Mutex(nil)
 
     static var repositoryRoot: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
     }
 
     init(start: Date, metricsSection: String = "listen = \"127.0.0.1:0\"\nrefresh = \"1s\"") throws {
         root = NSTemporaryDirectory() + "aftercare-metrics-tests-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
+        let protocolFile = Self.repositoryRoot
+            .appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
         let config = """
             [clinic]
             name = "Riverside Pain Clinic"
@@ -59,8 +61,8 @@ final class MetricsHarness: Sendable {
         let loaded = try AftercareConfiguration.load(path: path)
         clock = ManualClock(start)
         var logger = Logger(label: "aftercare-test")
-        logger.logLevel = ProcessInfo.processInfo.environment["AFTERCARE_TEST_LOG"].flatMap(Logger.Level.init(rawValue:))
-            ?? .warning
+        let level = ProcessInfo.processInfo.environment["AFTERCARE_TEST_LOG"]
+        logger.logLevel = level.flatMap(Logger.Level.init(rawValue:)) ?? .warning
         guard let settings = loaded.metrics else { throw DaemonError("the test config has no [metrics]") }
         monitoring = Monitoring(settings: settings, paths: loaded.paths, clock: clock, logger: logger)
         let daemon = AftercareDaemon(
@@ -161,7 +163,8 @@ struct Exposition {
                 for pair in body.split(separator: ",") {
                     let parts = pair.split(separator: "=", maxSplits: 1)
                     guard parts.count == 2 else { continue }
-                    labels[String(parts[0]).trimmingCharacters(in: .whitespaces)] = String(parts[1].dropFirst().dropLast())
+                    let key = String(parts[0]).trimmingCharacters(in: .whitespaces)
+                    labels[key] = String(parts[1].dropFirst().dropLast())
                 }
             } else {
                 name = series
