@@ -14,6 +14,12 @@ public struct Monitoring: Sendable {
     public let metrics: DaemonMetrics
     public let services: [any Service]
 
+    /// ``services`` as a service group runs them: if one fails (the port is taken), the group shuts
+    /// down gracefully, letting the daemon finish what it sends, and then reports the error.
+    public var serviceConfigurations: [ServiceGroupConfiguration.ServiceConfiguration] {
+        services.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }
+    }
+
     public init(settings: MetricsSettings, paths: StoragePaths, clock: any WallClock, logger: Logger) {
         registry = PrometheusCollectorRegistry()
         metrics = DaemonMetrics(factory: Self.factory(registry), stallAfter: .seconds(settings.stallAfterSeconds))

@@ -38,7 +38,7 @@ struct DaemonCommand: AsyncParsableCommand {
             metrics: monitoring?.metrics ?? DaemonMetrics(), makeSender: SenderCatalog.maker(engine: engine)
         )
         // Shutdown runs in reverse: the daemon drains first while /health still answers.
-        let services = (monitoring?.services ?? []).map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+        let services = monitoring?.serviceConfigurations ?? []
         let group = ServiceGroup(
             configuration: .init(
                 services: services + [.init(service: daemon)],

@@ -132,14 +132,18 @@ struct MetricsEndpointTests {
         let address = try #require(await first.address())
         let second = try MetricsHarness(start: Self.afternoon, metricsSection: "listen = \"\(address)\"")
         second.start()
+        // The group shuts down gracefully (the daemon with it, whether or not it got going) and
+        // reports the listener's error.
         var failure: (any Error)?
         do {
-            try await second.exit()
+            let ended = try await second.exit(timeout: 20)
+            #expect(ended, "the daemon keeps running after its listener failed")
         } catch {
             failure = error
         }
         let message = failure.map { "\($0)" } ?? ""
         #expect(message.contains("cannot serve metrics on \(address)"), "\(message)")
+        #expect(!message.contains("\n"))
         try await first.stop()
     }
 }

@@ -71,8 +71,8 @@ final class MetricsHarness: Sendable {
                 guard case .file(let outbox) = settings else { throw DaemonError("unexpected sender \(name)") }
                 return try FileSender(outbox: URL(fileURLWithPath: outbox))
             })
-        let services = monitoring.services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
-        group = ServiceGroup(configuration: .init(services: services + [.init(service: daemon)], logger: logger))
+        group = ServiceGroup(
+            configuration: .init(services: monitoring.serviceConfigurations + [.init(service: daemon)], logger: logger))
     }
 
     deinit { try? FileManager.default.removeItem(atPath: root) }
@@ -81,9 +81,16 @@ final class MetricsHarness: Sendable {
     var database: String { state + "/aftercare.sqlite" }
     var spool: Spool { Spool(root: state + "/spool") }
 
+    private let ended = Mutex(false)
+
     func start() {
         let group = self.group
-        task.withLock { $0 = Task { try await group.run() } }
+        task.withLock {
+            $0 = Task { [self] in
+                defer { ended.withLock { $0 = true } }
+                try await group.run()
+            }
+        }
     }
 
     /// Shuts the group down as SIGTERM does and waits for it.
@@ -92,9 +99,12 @@ final class MetricsHarness: Sendable {
         try await task.withLock { $0 }?.value
     }
 
-    /// Waits for the group to end by itself (a service failed).
-    func exit() async throws {
+    /// Waits up to `timeout` seconds for the group to end by itself (a service failed) and rethrows
+    /// its error; false if it is still running.
+    func exit(timeout: Double) async throws -> Bool {
+        guard await eventually(timeout: timeout, { ended.withLock { $0 } }) else { return false }
         try await task.withLock { $0 }?.value
+        return true
     }
 
     /// The listener's `host:port`, once it has written it.
