@@ -17,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // Domain types, the planner, templates and the clock. Foundation only: no I/O.
@@ -57,6 +60,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the daemon counts (swift-metrics; a no-op unless a backend is given) and the loopback
+        // endpoint that serves it to Prometheus, with a health check.
+        .target(
+            name: "AftercareMetrics",
+            dependencies: [
+                "AftercareCore",
+                "AftercareConfig",
+                "AftercareStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The scheduler service: intake, dispatch, recovery, systemd notify, reload.
         .target(
             name: "AftercareDaemon",
@@ -65,6 +84,7 @@ let package = Package(
                 "AftercareConfig",
                 "AftercareStore",
                 "AftercareDelivery",
+                "AftercareMetrics",
                 "CMalloc",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -81,6 +101,7 @@ let package = Package(
                 "AftercareStore",
                 "AftercareDelivery",
                 "AftercareDaemon",
+                "AftercareMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -122,6 +143,17 @@ let package = Package(
                 "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore", "AftercareDelivery",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareMetricsTests",
+            dependencies: [
+                "AftercareMetrics", "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore",
+                "AftercareDelivery",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -56,6 +56,8 @@ public struct AftercareConfiguration: Sendable {
     public var channels: [String: String]
     public var retry: RetryPolicy
     public var dispatch: DispatchSettings
+    /// The `[metrics]` listener, or `nil` when the section is absent (nothing listens).
+    public var metrics: MetricsSettings? = nil
     /// Sender name → the secrets it names, with the line of each, so a bad secret is reported at
     /// the line that names it.
     public var secretKeys: [String: [SecretKey]] = [:]
@@ -177,6 +179,7 @@ public struct AftercareConfiguration: Sendable {
                 try section.duration("shutdown_grace", in: 0...600) ?? Int(dispatch.shutdownGrace))
             try section.rejectUnknownKeys()
         }
+        let metrics = try MetricsSettings.read(try root.subtable("metrics"))
         try root.rejectUnknownKeys()
 
         var configuration = AftercareConfiguration(
@@ -187,6 +190,7 @@ public struct AftercareConfiguration: Sendable {
             protocols: protocols, paths: storage, senders: senders, channels: channels, retry: retry, dispatch: dispatch
         )
         configuration.secretKeys = secretKeys
+        configuration.metrics = metrics
         return configuration
     }
 

@@ -1,6 +1,7 @@
 import AftercareConfig
 import AftercareCore
 import AftercareDelivery
+import AftercareMetrics
 import AftercareStore
 import Foundation
 import Logging
@@ -25,6 +26,7 @@ public final class AftercareDaemon: Service, Sendable {
     private let logger: Logger
     private let notifier: any ServiceManagerNotifier
     private let makeSender: SenderMaker
+    private let metrics: DaemonMetrics
     private let wakeup = Wakeup()
     private let intakeWakeup = Wakeup()
     private let shuttingDown = Mutex(false)
@@ -40,12 +42,14 @@ public final class AftercareDaemon: Service, Sendable {
     ///   - notifier: the service manager to tell about readiness, status and liveness.
     ///   - makeSender: builds senders from their settings; tests may substitute their own.
     ///   - handlesSIGHUP: trap SIGHUP to reload (off in tests that run several daemons in one process).
+    ///   - metrics: where outcomes and progress are counted (default: swift-metrics' global backend).
     public init(
         configPath: String,
         clock: any WallClock = SystemClock(),
         logger: Logger,
         notifier: any ServiceManagerNotifier = SilentNotifier(),
         handlesSIGHUP: Bool = true,
+        metrics: DaemonMetrics = DaemonMetrics(),
         makeSender: @escaping SenderMaker
     ) {
         self.configPath = configPath
@@ -54,6 +58,7 @@ public final class AftercareDaemon: Service, Sendable {
         self.notifier = notifier
         self.handlesSIGHUP = handlesSIGHUP
         self.makeSender = makeSender
+        self.metrics = metrics
     }
 
     /// Asks a running daemon to re-read its configuration, as SIGHUP does.
@@ -218,6 +223,7 @@ public final class AftercareDaemon: Service, Sendable {
         func storageFailed(_ what: String, _ error: any Error) {
             trouble.withLock { $0.dispatchStore = "\(what): \(error)" }
             lastStatus = .now - .seconds(60)  // say so in the status line at once
+            metrics.storageFailing("\(what): \(error)")
             if storageFailingSince == nil {
                 storageFailingSince = .now
                 logger.error("\(what) failed: \(error); retrying every \(Self.storageRetry), watchdog paused")
@@ -229,6 +235,7 @@ public final class AftercareDaemon: Service, Sendable {
         func storageWorked() {
             if trouble.withLock({ $0.dispatchStore }) != nil { lastStatus = .now - .seconds(60) }
             trouble.withLock { $0.dispatchStore = nil }
+            metrics.storageWorks()
             if let since = storageFailingSince {
                 logger.notice("the store works again after \(ContinuousClock.now - since); delivery resumes")
             }
@@ -264,6 +271,7 @@ public final class AftercareDaemon: Service, Sendable {
                     notifier.watchdogPing()
                     lastPing = .now
                 }
+                metrics.pipelineTurned()
                 guard let current = runtime.withLock({ $0 }) else { return }
                 let dispatch = current.config.dispatch
                 let limit = max(1, dispatch.maxConcurrent)
@@ -342,6 +350,8 @@ public final class AftercareDaemon: Service, Sendable {
                             }
                         }
                         if usedStore && !outcomesRefused { storageWorked() }
+                    } catch is CancellationError {
+                        return
                     } catch {
                         // A database error (a full disk, a lock held too long): nothing is lost, the
                         // claims already taken lapse and come back; try again after a pause.
@@ -438,6 +448,7 @@ public final class AftercareDaemon: Service, Sendable {
             logger.error("cannot record \(outcomes.count) outcome(s): \(error); kept, to be written when the store works")
             return false
         }
+        metrics.recorded(outcomes)
         logger.info(
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })

@@ -2,9 +2,11 @@ import AftercareConfig
 import AftercareCore
 import AftercareDaemon
 import AftercareDelivery
+import AftercareMetrics
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 
 struct DaemonCommand: AsyncParsableCommand {
@@ -22,16 +24,24 @@ struct DaemonCommand: AsyncParsableCommand {
     func run() async throws {
         JournalLogHandler.bootstrap(level: logLevel)
         let logger = Logger(label: "aftercare")
-        // The engine's limits come from the configuration at start-up; a reload keeps them.
-        let limits = (try? AftercareConfiguration.load(path: options.path))?.dispatch ?? DispatchSettings()
+        // The engine's limits and the metrics listener come from the configuration at start-up; a
+        // reload keeps them. A configuration that does not load is the daemon's to report.
+        let config = try? AftercareConfiguration.load(path: options.path)
+        let limits = config?.dispatch ?? DispatchSettings()
         let engine = CurlEngine(maxConnections: limits.maxConcurrent, maxPerHost: limits.maxPerHost)
+        let monitoring = config.flatMap { config in
+            config.metrics.map { Monitoring(settings: $0, paths: config.paths, clock: SystemClock(), logger: logger) }
+        }
+        if let monitoring { MetricsSystem.bootstrap(Monitoring.factory(monitoring.registry)) }
         let daemon = AftercareDaemon(
             configPath: options.path, logger: logger, notifier: SystemdNotifier(),
-            makeSender: SenderCatalog.maker(engine: engine)
+            metrics: monitoring?.metrics ?? DaemonMetrics(), makeSender: SenderCatalog.maker(engine: engine)
         )
+        // Shutdown runs in reverse: the daemon drains first while /health still answers.
+        let services = monitoring?.serviceConfigurations ?? []
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: daemon)],
+                services: services + [.init(service: daemon)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
