@@ -350,9 +350,9 @@ public final class AftercareDaemon: Service, Sendable {
                             }
                         }
                         if usedStore && !outcomesRefused { storageWorked() }
-                    } catch is CancellationError {
-                        return
                     } catch {
+                        // The daemon's own task was cancelled (not a graceful shutdown): stop here.
+                        if error is CancellationError || Task.isCancelled { return }
                         // A database error (a full disk, a lock held too long): nothing is lost, the
                         // claims already taken lapse and come back; try again after a pause.
                         storageFailed("dispatch", error)
