@@ -41,6 +41,17 @@ public struct DispatchSettings: Sendable, Hashable {
     }
 }
 
+/// How booked appointments are handled.
+public struct AppointmentSettings: Sendable, Hashable {
+    /// How long after its planned time a booked appointment that was never marked performed is
+    /// closed as not performed (it then never sends aftercare).
+    public var closeUnconfirmedAfter: Double
+
+    public init(closeUnconfirmedAfter: Double = 12 * 3600) {
+        self.closeUnconfirmedAfter = closeUnconfirmedAfter
+    }
+}
+
 /// The whole configuration: `/etc/aftercare/aftercare.toml` and the protocol files it names.
 /// `Config/aftercare.toml` is the annotated example.
 public struct AftercareConfiguration: Sendable {
@@ -59,6 +70,7 @@ public struct AftercareConfiguration: Sendable {
     /// Sender name → the secrets it names, with the line of each, so a bad secret is reported at
     /// the line that names it.
     public var secretKeys: [String: [SecretKey]] = [:]
+    public var appointments = AppointmentSettings()
 
     /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
     /// are errors naming the file and line.
@@ -177,6 +189,13 @@ public struct AftercareConfiguration: Sendable {
                 try section.duration("shutdown_grace", in: 0...600) ?? Int(dispatch.shutdownGrace))
             try section.rejectUnknownKeys()
         }
+        var appointments = AppointmentSettings()
+        if let section = try root.subtable("appointments") {
+            appointments.closeUnconfirmedAfter = Double(
+                try section.duration("close_unconfirmed_after", in: 600...(7 * 86400))
+                    ?? Int(appointments.closeUnconfirmedAfter))
+            try section.rejectUnknownKeys()
+        }
         try root.rejectUnknownKeys()
 
         var configuration = AftercareConfiguration(
@@ -187,6 +206,7 @@ public struct AftercareConfiguration: Sendable {
             protocols: protocols, paths: storage, senders: senders, channels: channels, retry: retry, dispatch: dispatch
         )
         configuration.secretKeys = secretKeys
+        configuration.appointments = appointments
         return configuration
     }
 
