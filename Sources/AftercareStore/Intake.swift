@@ -641,7 +641,7 @@ extension ReminderStore {
             try log.append(
                 LogEntry(
                     at: now, event: .updated, procedureID: id, patientID: update.patientID, actor: actor,
-                    detail: "by \(actor): " + changes.joined(separator: "; ")
+                    detail: changes.joined(separator: "; ")
                 )
             )
             counts.updated += 1
