@@ -91,7 +91,8 @@ extension ReminderStore {
                 db.cachedStatement(
                     sql: """
                         SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
-                            r.nominal_at, r.due_at, r.expires_at, r.attempts, CAST(r.failed_routes AS BLOB) AS failed_routes,
+                            r.nominal_at, r.due_at, r.expires_at, r.attempts,
+                            CAST(r.failed_routes AS BLOB) AS failed_routes,
                             CAST(p.protocol_id AS BLOB) AS protocol_id, p.performed_at,
                             CAST(p.patient_json AS BLOB) AS patient_json
                         FROM reminder r INDEXED BY reminder_due JOIN procedure p ON p.id = r.procedure_id

@@ -234,7 +234,8 @@ extension ReminderStore {
             _ = try planOrThrow(procedure, now: now, plan: plan)
             try db.execute(
                 sql: """
-                    UPDATE procedure SET performed_at = ?, planned_at = ?, patient_json = CAST(? AS TEXT), updated_at = ?
+                    UPDATE procedure SET performed_at = ?, planned_at = ?, patient_json = CAST(? AS TEXT),
+                        updated_at = ?
                     WHERE id = CAST(? AS TEXT)
                     """,
                 arguments: [
@@ -257,7 +258,8 @@ extension ReminderStore {
             let status = try procedureStatus(procedureID, db: db)
             if status == "active",
                 try Double.fetchOne(
-                    db, sql: "SELECT planned_at FROM procedure WHERE id = CAST(? AS TEXT)", arguments: [exact(procedureID)]
+                    db, sql: "SELECT planned_at FROM procedure WHERE id = CAST(? AS TEXT)",
+                    arguments: [exact(procedureID)]
                 ) != nil
             {
                 // Said twice (a resent file): the first confirmation stands.
@@ -380,7 +382,8 @@ extension ReminderStore {
                 db,
                 sql: """
                     SELECT CAST(step_id AS BLOB) AS step_id, due_at, state FROM reminder
-                    WHERE procedure_id = CAST(? AS TEXT) AND (state = 'scheduled' OR (state = 'expired' AND attempts = 0))
+                    WHERE procedure_id = CAST(? AS TEXT)
+                        AND (state = 'scheduled' OR (state = 'expired' AND attempts = 0))
                     """,
                 arguments: [exact(procedureID)]
             )
@@ -394,8 +397,8 @@ extension ReminderStore {
                     // Still expired under the new plan: only its note changes, to the new zone's words.
                     try db.execute(
                         sql: """
-                            UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, last_error = CAST(? AS TEXT),
-                                updated_at = ?
+                            UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?,
+                                last_error = CAST(? AS TEXT), updated_at = ?
                             WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT) AND state = 'expired'
                             """,
                         arguments: [
@@ -410,7 +413,8 @@ extension ReminderStore {
                     sql: """
                         UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, state = ?,
                             last_error = CAST(? AS TEXT), updated_at = ?
-                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT) AND state IN ('scheduled', 'expired')
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                            AND state IN ('scheduled', 'expired')
                         """,
                     arguments: [
                         reminder.nominalAt.timeIntervalSince1970, reminder.dueAt.timeIntervalSince1970,
@@ -424,7 +428,8 @@ extension ReminderStore {
                         at: now, event: reminder.state == .expired ? .expired : .replanned, procedureID: procedureID,
                         patientID: procedure.patient.id, stepID: step, actor: file.actor,
                         detail: (wasExpired ? "expired step re-planned: " : "")
-                            + "due \(Timestamp.format(oldDue, in: zone)) → \(Timestamp.format(reminder.dueAt, in: zone))"
+                            + "due \(Timestamp.format(oldDue, in: zone)) → "
+                            + Timestamp.format(reminder.dueAt, in: zone)
                             + (reminder.note.map { "; \($0)" } ?? "")
                     )
                 )
@@ -495,7 +500,8 @@ extension ReminderStore {
                 try db.execute(
                     sql: """
                         UPDATE reminder SET state = 'scheduled', due_at = ?, attempts = 0, last_error = NULL,
-                            failed_routes = NULL, updated_at = ? WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                            failed_routes = NULL, updated_at = ?
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
                         """,
                     arguments: [now.timeIntervalSince1970, now.timeIntervalSince1970, exact(procedureID), exact(step)]
                 )
@@ -625,7 +631,8 @@ extension ReminderStore {
                 throw IntakeError(procedureID: id, problem: "is \(status); nothing to update")
             }
             let patient = update.applied(to: procedure.patient)
-            for channel in update.optOut + update.optIn where !patient.routes.contains(where: { $0.channel == channel }) {
+            for channel in update.optOut + update.optIn
+            where !patient.routes.contains(where: { $0.channel == channel }) {
                 throw IntakeError(procedureID: id, problem: "patient \(update.patientID) has no '\(channel)' route")
             }
             let changes = describeChanges(from: procedure.patient, to: patient)

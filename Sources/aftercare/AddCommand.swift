@@ -97,7 +97,8 @@ struct AddCommand: AsyncParsableCommand {
         if performed.timeIntervalSince(now) > PerformedTime.aheadTolerance {
             throw CLIError(
                 "--performed-at: \(Show.localWithZone(performed, zone)) is more than 5 minutes ahead; a procedure "
-                    + "not yet performed is an appointment: aftercare book --procedure \(procedureID) --planned-at TIME …")
+                    + "not yet performed is an appointment: aftercare book --procedure \(procedureID) "
+                    + "--planned-at TIME …")
         }
         let planned: [PlannedReminder]
         switch Intake.plan(procedure, config: config, now: now) {
@@ -112,7 +113,8 @@ struct AddCommand: AsyncParsableCommand {
 
         let spool = Spool(root: config.paths.spool)
         if !dryRun {
-            let name = try queue(.procedure(procedure, force: force), label: procedure.id, spool: spool, what: "the procedure")
+            let name = try queue(
+                .procedure(procedure, force: force), label: procedure.id, spool: spool, what: "the procedure")
             print("Queued procedure \(procedure.id) for patient \(procedure.patient.id) (spool file \(name)).")
             try SpoolReceipt.report(spool: spool, name: name, wait: wait)
         } else {

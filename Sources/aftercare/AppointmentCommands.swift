@@ -121,7 +121,8 @@ struct MoveCommand: AsyncParsableCommand {
         if let status = known?.0.status, status != "booked" {
             throw CLIError("procedure \(procedureID) is \(status), not a booked appointment")
         }
-        let zone = TimeZone(identifier: timeZone ?? known?.0.procedure.patient.timeZone ?? config.policy.clinicTimeZone)!
+        let zoneID = timeZone ?? known?.0.procedure.patient.timeZone ?? config.policy.clinicTimeZone
+        let zone = TimeZone(identifier: zoneID) ?? .gmt
         guard let planned = Show.parseTime(plannedAt, zone: zone) else {
             throw CLIError("--planned-at: '\(InputRules.printable(plannedAt))' is not a time")
         }
@@ -142,7 +143,7 @@ struct PerformedCommand: AsyncParsableCommand {
     @Argument(help: "The procedure id of the appointment.")
     var procedureID: String
 
-    @Option(help: "When it was performed: now (default), 2026-12-01T10:20:00-05:00, or 2026-12-01 10:20 (patient's time).")
+    @Option(help: "When it was performed: now (default), 2026-12-01T10:20:00-05:00, or 2026-12-01 10:20.")
     var at: String = "now"
 
     @Flag(help: "Record it even if so far back that every step's window has closed (nothing will be sent).")

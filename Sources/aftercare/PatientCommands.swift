@@ -43,7 +43,8 @@ struct UpdateCommand: AsyncParsableCommand {
         var patient = patientID
         if let procedureID, let (view, _) = try await checkKnown(procedureID, config: config) {
             if let patientID, patientID != view.procedure.patient.id {
-                throw CLIError("procedure \(procedureID) belongs to another patient than \(InputRules.printable(patientID))")
+                throw CLIError(
+                    "procedure \(procedureID) belongs to another patient than \(InputRules.printable(patientID))")
             }
             patient = view.procedure.patient.id
         }

@@ -14,7 +14,8 @@ import Foundation
 /// {"kind":"cancel","procedure_id":"P-1001","reason":"patient declined"}
 /// {"kind":"reschedule","procedure_id":"P-1001","performed_at":"2026-11-25T15:10:00-05:00"}
 /// {"kind":"replay","reminder_id":"P-1001.checkin-24h"}
-/// {"kind":"book","procedure_id":"P-1002","protocol":"trigger-point-injection","planned_at":"2026-12-01T10:00:00-05:00",
+/// {"kind":"book","procedure_id":"P-1002","protocol":"trigger-point-injection",
+///  "planned_at":"2026-12-01T10:00:00-05:00",
 ///  "patient":{"id":"MRN-77","time_zone":"America/New_York","routes":[{"channel":"sms","to":"+15551234567"}]}}
 /// {"kind":"move","procedure_id":"P-1002","planned_at":"2026-12-02T10:00:00-05:00"}
 /// {"kind":"performed","procedure_id":"P-1002","performed_at":"2026-12-02T10:20:00-05:00"}

@@ -108,14 +108,17 @@ struct Dispatcher: Sendable {
             // A permanent failure belongs to the route, not the patient: their next route is tried.
             after = .nextRoute(
                 at: now,
-                reason: "permanent failure on \(chosen.route.channel); trying \(fallback.route.channel) next: \(reason)")
+                reason: "permanent failure on \(chosen.route.channel); trying \(fallback.route.channel) next: "
+                    + reason)
         }
         return .attempted(attempt, next: after)
     }
 
     /// The patient's routes this step may use and a configured sender can take, in their order of
     /// preference (opted-out ones included, for the caller to pass over and log).
-    func usableRoutes(_ patient: Patient, step: Step) -> [(route: ContactRoute, senderName: String, sender: any Sender)] {
+    func usableRoutes(_ patient: Patient, step: Step)
+        -> [(route: ContactRoute, senderName: String, sender: any Sender)]
+    {
         patient.routes.compactMap { route in
             if !step.channels.isEmpty && !step.channels.contains(route.channel) { return nil }
             guard let senderName = runtime.config.channels[route.channel], let sender = runtime.senders[senderName]
