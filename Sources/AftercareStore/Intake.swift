@@ -192,7 +192,8 @@ extension ReminderStore {
         case .book(let procedure):
             let hash = contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
-                guard existing.hash == hash, existing.status == "booked" else {
+                // The same booking again (resent, even after it was moved or performed) is known.
+                guard existing.hash == hash else {
                     throw IntakeError(
                         procedureID: procedure.id,
                         problem: existing.status == "booked"

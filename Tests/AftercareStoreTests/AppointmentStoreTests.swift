@@ -41,6 +41,10 @@ struct AppointmentStoreTests {
         #expect(planTimes.map(\.nominalAt) == [actual, actual + 86400, actual + 2 * 86400])
         #expect(planTimes.allSatisfy { $0.state == .scheduled })
         #expect(try await events(store, "A-1") == [.booked, .performed])
+        // The scheduling system resending its booking afterwards changes nothing.
+        let resent = try await store.ingest([Fixture.file("b3.json", [.book(booking)])], now: actual, plan: Fixture.plan)
+        #expect(resent == [.applied(summary: "1 already known")])
+        #expect(try await store.procedure("A-1")?.0.status == "active")
     }
 
     @Test("an appointment never confirmed is closed as not performed after 12 h, logged, and never planned")
