@@ -5,7 +5,7 @@ import Foundation
 import Synchronization
 import Testing
 
-@Suite("Appointments, route fallback and waits past the window, in the daemon on a manual clock")
+@Suite("Appointments, route fallback and waits past the window, in the daemon on a manual clock", .serialized)
 struct LifecycleDaemonTests {
     /// Wed 2026-11-25 14:00 in New York (19:00 UTC).
     static let afternoon = Timestamp.parse("2026-11-25T14:00:00-05:00")!
