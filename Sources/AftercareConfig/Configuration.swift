@@ -41,6 +41,17 @@ public struct DispatchSettings: Sendable, Hashable {
     }
 }
 
+/// How booked appointments are handled.
+public struct AppointmentSettings: Sendable, Hashable {
+    /// How long after its planned time a booked appointment that was never marked performed is
+    /// closed as not performed (it then never sends aftercare).
+    public var closeUnconfirmedAfter: Double
+
+    public init(closeUnconfirmedAfter: Double = 12 * 3600) {
+        self.closeUnconfirmedAfter = closeUnconfirmedAfter
+    }
+}
+
 /// The whole configuration: `/etc/aftercare/aftercare.toml` and the protocol files it names.
 /// `Config/aftercare.toml` is the annotated example.
 public struct AftercareConfiguration: Sendable {
@@ -61,6 +72,7 @@ public struct AftercareConfiguration: Sendable {
     /// Sender name → the secrets it names, with the line of each, so a bad secret is reported at
     /// the line that names it.
     public var secretKeys: [String: [SecretKey]] = [:]
+    public var appointments = AppointmentSettings()
 
     /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
     /// are errors naming the file and line.
@@ -180,6 +192,13 @@ public struct AftercareConfiguration: Sendable {
             try section.rejectUnknownKeys()
         }
         let metrics = try MetricsSettings.read(try root.subtable("metrics"))
+        var appointments = AppointmentSettings()
+        if let section = try root.subtable("appointments") {
+            appointments.closeUnconfirmedAfter = Double(
+                try section.duration("close_unconfirmed_after", in: 600...(7 * 86400))
+                    ?? Int(appointments.closeUnconfirmedAfter))
+            try section.rejectUnknownKeys()
+        }
         try root.rejectUnknownKeys()
 
         var configuration = AftercareConfiguration(
@@ -191,6 +210,7 @@ public struct AftercareConfiguration: Sendable {
         )
         configuration.secretKeys = secretKeys
         configuration.metrics = metrics
+        configuration.appointments = appointments
         return configuration
     }
 

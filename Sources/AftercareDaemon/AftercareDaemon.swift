@@ -156,6 +156,7 @@ public final class AftercareDaemon: Service, Sendable {
     private func intakeLoop(store: ReminderStore, spool: Spool, watcher: SpoolWatcher, retryPending first: Bool) async {
         var retryPending = first
         var lastProblem: String?
+        let sweep = AppointmentSweep(store: store, clock: clock, logger: logger)
         while true {
             let reasons = intakeWakeup.take()
             if isShuttingDown || reasons.contains(.shutdown) { return }
@@ -188,7 +189,8 @@ public final class AftercareDaemon: Service, Sendable {
             }
             let pause = lastProblem != nil ? Intake.folderRetrySeconds
                 : retryPending ? Intake.settleSeconds : Intake.folderCheckSeconds
-            await intakeWakeup.wait(until: nil, realTimeLimit: .seconds(pause), clock: clock)
+            let closing = await sweep.run(settings: runtime.withLock { $0?.config.appointments } ?? .init())
+            await intakeWakeup.wait(until: closing, realTimeLimit: .seconds(pause), clock: clock)
         }
     }
 

@@ -30,7 +30,7 @@ public final class DaemonMetrics: Sendable {
     ]
 
     /// Every way a claimed reminder can come out of the pipeline.
-    static let outcomeLabels = ["delivered", "retry", "dead", "expired", "deferred", "skipped", "released"]
+    static let outcomeLabels = ["delivered", "retry", "next_route", "dead", "expired", "deferred", "skipped", "released"]
 
     let factory: any MetricsFactory
     /// How long due reminders may wait unclaimed before the pipeline counts as stuck.
@@ -136,14 +136,15 @@ public final class DaemonMetrics: Sendable {
         }
     }
 
-    /// Where a claimed reminder went: delivered, back for a retry, dead, expired, deferred,
-    /// skipped, or released at shutdown.
+    /// Where a claimed reminder went: delivered, back for a retry, on to the patient's next route,
+    /// dead, expired, deferred, skipped, or released at shutdown.
     static func outcome(of resolution: Resolution) -> String {
         switch resolution {
         case .attempted(_, let next):
             switch next {
             case .delivered: return "delivered"
             case .retry: return "retry"
+            case .nextRoute: return "next_route"
             case .expired: return "expired"
             case .dead: return "dead"
             }

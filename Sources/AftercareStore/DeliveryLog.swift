@@ -33,6 +33,16 @@ public enum LogEvent: String, Sendable, CaseIterable {
     case configReloaded = "config_reloaded"
     /// Older rows were pruned; this row carries the chain on.
     case checkpoint
+    /// An appointment was booked: a procedure planned ahead, with no reminders yet.
+    case booked
+    /// A booked appointment was moved to another time.
+    case moved
+    /// A booked appointment took place; its reminders were planned from the actual time.
+    case performed
+    /// A booked appointment was never confirmed and was closed; it sends no aftercare.
+    case notPerformed = "not_performed"
+    /// A patient's contact details (routes, first name, opt-outs) were corrected.
+    case updated
 }
 
 /// One delivery-log row to append.

@@ -13,6 +13,9 @@ public struct ClaimedReminder: Sendable {
     public var attempt: Int
     /// Fences the completion: only the holder of this token may record the outcome.
     public var leaseToken: Int64
+    /// Routes (``FailedRoute/key(_:)``) that failed permanently for this reminder: not tried again
+    /// until staff replay it or the patient's address changes.
+    public var failedRoutes: Set<String> = []
 
     public var reminderID: String { ReminderID.make(procedureID: procedure.id, stepID: stepID) }
 }
@@ -41,6 +44,14 @@ public enum AfterAttempt: Sendable, Hashable {
     /// Window closed before the next try could happen.
     case expired(reason: String)
     case dead(reason: String)
+    /// The route failed permanently and the patient has another usable one: try that at `at`.
+    case nextRoute(at: Date, reason: String)
+}
+
+/// How a route that failed permanently is remembered on its reminder: its channel and address, so a
+/// corrected address is a new route and is tried.
+public enum FailedRoute {
+    public static func key(_ route: ContactRoute) -> String { "\(route.channel):\(route.address)" }
 }
 
 /// One delivery attempt, for the log.
@@ -81,6 +92,7 @@ extension ReminderStore {
                     sql: """
                         SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
                             r.nominal_at, r.due_at, r.expires_at, r.attempts,
+                            CAST(r.failed_routes AS BLOB) AS failed_routes,
                             CAST(p.protocol_id AS BLOB) AS protocol_id, p.performed_at,
                             CAST(p.patient_json AS BLOB) AS patient_json
                         FROM reminder r INDEXED BY reminder_due JOIN procedure p ON p.id = r.procedure_id
@@ -121,7 +133,8 @@ extension ReminderStore {
                         stepID: stepID, nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
                         dueAt: Date(timeIntervalSince1970: row["due_at"]),
                         expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
-                        attempt: row["attempts"] as Int + 1, leaseToken: token
+                        attempt: row["attempts"] as Int + 1, leaseToken: token,
+                        failedRoutes: Set((row.text("failed_routes") ?? "").split(separator: "\n").map(String.init))
                     )
                 )
             }
@@ -146,7 +159,7 @@ extension ReminderStore {
                 try db.cachedStatement(
                     sql: """
                         UPDATE reminder SET state = ?, due_at = ?, attempts = ?, last_error = ?, lease_token = NULL,
-                            lease_expires_at = NULL, updated_at = ?
+                            lease_expires_at = NULL, updated_at = ?, failed_routes = ?
                         WHERE procedure_id = ? AND step_id = ? AND state = 'claimed' AND lease_token = ?
                         """
                 ), in: db)
@@ -166,6 +179,7 @@ extension ReminderStore {
                 var dueAt = reminder.dueAt
                 var attempts = reminder.attempt - 1
                 var lastError: String?
+                var failedRoutes = reminder.failedRoutes
                 var entries: [LogEntry] = []
                 switch resolution {
                 case .attempted(let attempt, let next):
@@ -219,6 +233,10 @@ extension ReminderStore {
                         var dead = stateRow(.dead, reason)
                         dead.attempt = reminder.attempt
                         entries.append(dead)
+                    case .nextRoute(let at, let reason):
+                        (state, dueAt) = (.scheduled, at)
+                        failedRoutes.insert("\(attempt.channel):\(attempt.destination)")
+                        entries[entries.count - 1].detail = reason
                     }
                 case .expired(let reason):
                     (state, lastError) = (.expired, reason)
@@ -240,6 +258,7 @@ extension ReminderStore {
                 update.bind(attempts)
                 update.bind(lastError)
                 update.bind(now.timeIntervalSince1970)
+                update.bind(failedRoutes.isEmpty ? nil : failedRoutes.sorted().joined(separator: "\n"))
                 update.bind(reminder.procedure.id)
                 update.bind(reminder.stepID)
                 update.bind(reminder.leaseToken)

@@ -80,6 +80,10 @@ extension ReminderStore {
         var cancelled = 0
         var replanned = 0
         var replayed = 0
+        var booked = 0
+        var moved = 0
+        var performed = 0
+        var updated = 0
 
         var summary: String {
             var parts: [String] = []
@@ -88,6 +92,10 @@ extension ReminderStore {
             if cancelled > 0 { parts.append("\(cancelled) reminder(s) cancelled") }
             if replanned > 0 { parts.append("\(replanned) reminder(s) re-planned") }
             if replayed > 0 { parts.append("\(replayed) reminder(s) replayed") }
+            if booked > 0 { parts.append("\(booked) appointment(s) booked") }
+            if moved > 0 { parts.append("\(moved) appointment(s) moved") }
+            if performed > 0 { parts.append("\(performed) appointment(s) performed: \(reminders) reminder(s) planned") }
+            if updated > 0 { parts.append("\(updated) procedure(s) updated") }
             return parts.isEmpty ? "nothing to change" : parts.joined(separator: "; ")
         }
     }
@@ -140,13 +148,17 @@ extension ReminderStore {
         counts: inout IntakeCounts
     ) throws {
         switch request {
-        case .procedure(let procedure):
+        case .procedure(let procedure, let force):
             let hash = contentHash(procedure)
-            if let existing = try String.fetchOne(
-                db.cachedStatement(sql: "SELECT content_hash FROM procedure WHERE id = CAST(? AS TEXT)"),
-                arguments: [exact(procedure.id)])
-            {
-                guard existing == hash else {
+            if let existing = try existingProcedure(procedure.id, db: db) {
+                if existing.status == "booked" || existing.status == "not_performed" {
+                    throw IntakeError(
+                        procedureID: procedure.id,
+                        problem: "is a booked appointment; mark it performed with 'aftercare performed' "
+                            + "(kind \"performed\")"
+                    )
+                }
+                guard existing.hash == hash else {
                     throw IntakeError(
                         procedureID: procedure.id,
                         problem: "already ingested with different details; use 'aftercare reschedule' to correct "
@@ -156,71 +168,150 @@ extension ReminderStore {
                 counts.duplicates += 1
                 return
             }
-            let planned: [PlannedReminder]
-            switch plan(procedure, now) {
-            case .success(let reminders): planned = reminders
-            case .failure(var error):
-                error.procedureID = procedure.id
-                throw error
+            let planned = try planOrThrow(procedure, now: now, plan: plan)
+            if let problem = PerformedTime.problem(
+                performedAt: procedure.performedAt, now: now, plan: planned, force: force)
+            {
+                throw IntakeError(procedureID: procedure.id, problem: problem)
             }
-            var procedureRow = FastInsert(
-                try db.cachedStatement(
-                    sql: """
-                        INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
-                            status, ingested_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)
-                        """
-                ), in: db)
-            procedureRow.bind(procedure.id)
-            procedureRow.bind(procedure.protocolID)
-            procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
-            procedureRow.bind(procedure.patient.id)
-            procedureRow.bind(encodePatient(procedure.patient))
-            procedureRow.bind(hash)
-            procedureRow.bind(now.timeIntervalSince1970)
-            procedureRow.bind(now.timeIntervalSince1970)
-            try procedureRow.run()
-            let insert = try db.cachedStatement(
-                sql: """
-                    INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
-                        updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """
-            )
-            var expired = 0
-            var row = FastInsert(insert, in: db)
-            for reminder in planned {
-                row.bind(procedure.id)
-                row.bind(reminder.stepID)
-                row.bind(reminder.nominalAt.timeIntervalSince1970)
-                row.bind(reminder.dueAt.timeIntervalSince1970)
-                row.bind(reminder.expiresAt.timeIntervalSince1970)
-                row.bind(reminder.state.rawValue)
-                row.bind(reminder.state == .expired ? reminder.note : nil)
-                row.bind(now.timeIntervalSince1970)
-                try row.run()
-                if reminder.state == .expired { expired += 1 }
-            }
+            try insertProcedure(procedure, hash: hash, status: "active", plannedAt: nil, now: now, db: db)
+            let expired = try insertPlan(procedure, planned, now: now, db: db, log: &log)
             try log.append(
                 LogEntry(
                     at: now, event: .ingested, procedureID: procedure.id, patientID: procedure.patient.id,
                     actor: file.actor,
                     detail: "\(file.name): protocol \(procedure.protocolID), \(planned.count) reminder(s) planned"
                         + (expired > 0 ? ", \(expired) already past their window" : "")
+                        + (force && expired == planned.count ? " (forced)" : "")
                 )
             )
-            for reminder in planned where reminder.state == .expired {
-                try log.append(
-                    LogEntry(
-                        at: now, event: .expired, procedureID: procedure.id, patientID: procedure.patient.id,
-                        stepID: reminder.stepID, detail: reminder.note
-                    )
-                )
-            }
             counts.procedures += 1
             counts.reminders += planned.count
             counts.expired += expired
 
+        case .book(let procedure):
+            let hash = contentHash(procedure)
+            if let existing = try existingProcedure(procedure.id, db: db) {
+                // The same booking again (resent, even after it was moved or performed) is known.
+                guard existing.hash == hash else {
+                    throw IntakeError(
+                        procedureID: procedure.id,
+                        problem: existing.status == "booked"
+                            ? "already booked with different details; use 'aftercare move' to change its time, "
+                                + "or cancel it"
+                            : "already known (\(existing.status)); book it under a new procedure id"
+                    )
+                }
+                counts.duplicates += 1
+                return
+            }
+            // Checked now so a booking that could never be planned is refused while staff are there.
+            _ = try planOrThrow(procedure, now: now, plan: plan)
+            try insertProcedure(
+                procedure, hash: hash, status: "booked", plannedAt: procedure.performedAt, now: now, db: db)
+            try log.append(
+                LogEntry(
+                    at: now, event: .booked, procedureID: procedure.id, patientID: procedure.patient.id,
+                    actor: file.actor,
+                    detail: "\(file.name): protocol \(procedure.protocolID), planned for "
+                        + Timestamp.format(procedure.performedAt, in: procedure.patientTimeZone)
+                )
+            )
+            counts.booked += 1
+
+        case .move(let procedureID, let plannedAt, let timeZone):
+            var procedure = try loadProcedure(procedureID, db: db)
+            let status = try procedureStatus(procedureID, db: db)
+            guard status == "booked" else {
+                throw IntakeError(
+                    procedureID: procedureID,
+                    problem: "is \(status), not a booked appointment"
+                        + (status == "active" ? "; use 'aftercare reschedule' to correct a performed time" : ""))
+            }
+            let oldZone = procedure.patientTimeZone
+            let old = procedure.performedAt
+            procedure.performedAt = plannedAt
+            if let timeZone { procedure.patient.timeZone = timeZone }
+            _ = try planOrThrow(procedure, now: now, plan: plan)
+            try db.execute(
+                sql: """
+                    UPDATE procedure SET performed_at = ?, planned_at = ?, patient_json = CAST(? AS TEXT),
+                        updated_at = ?
+                    WHERE id = CAST(? AS TEXT)
+                    """,
+                arguments: [
+                    plannedAt.timeIntervalSince1970, plannedAt.timeIntervalSince1970,
+                    exact(encodePatient(procedure.patient)), now.timeIntervalSince1970, exact(procedureID),
+                ]
+            )
+            try log.append(
+                LogEntry(
+                    at: now, event: .moved, procedureID: procedureID, patientID: procedure.patient.id,
+                    actor: file.actor,
+                    detail: "planned \(Timestamp.format(old, in: oldZone)) → "
+                        + Timestamp.format(plannedAt, in: procedure.patientTimeZone)
+                )
+            )
+            counts.moved += 1
+
+        case .performed(let procedureID, let at, let force):
+            var procedure = try loadProcedure(procedureID, db: db)
+            let status = try procedureStatus(procedureID, db: db)
+            if status == "active",
+                try Double.fetchOne(
+                    db, sql: "SELECT planned_at FROM procedure WHERE id = CAST(? AS TEXT)",
+                    arguments: [exact(procedureID)]
+                ) != nil
+            {
+                // Said twice (a resent file): the first confirmation stands.
+                counts.duplicates += 1
+                return
+            }
+            guard status == "booked" || status == "not_performed" else {
+                throw IntakeError(procedureID: procedureID, problem: "is \(status), not a booked appointment")
+            }
+            procedure.performedAt = at ?? now
+            let planned = try planOrThrow(procedure, now: now, plan: plan)
+            if let problem = PerformedTime.problem(
+                performedAt: procedure.performedAt, now: now, plan: planned, force: force)
+            {
+                throw IntakeError(procedureID: procedureID, problem: problem)
+            }
+            try db.execute(
+                sql: """
+                    UPDATE procedure SET performed_at = ?, status = 'active', updated_at = ? WHERE id = CAST(? AS TEXT)
+                    """,
+                arguments: [procedure.performedAt.timeIntervalSince1970, now.timeIntervalSince1970, exact(procedureID)]
+            )
+            try log.append(
+                LogEntry(
+                    at: now, event: .performed, procedureID: procedureID, patientID: procedure.patient.id,
+                    actor: file.actor,
+                    detail: "performed \(Timestamp.format(procedure.performedAt, in: procedure.patientTimeZone)); "
+                        + "\(planned.count) reminder(s) planned"
+                        + (status == "not_performed" ? " (confirmed after it was closed as not performed)" : "")
+                )
+            )
+            let expired = try insertPlan(procedure, planned, now: now, db: db, log: &log)
+            counts.performed += 1
+            counts.reminders += planned.count
+            counts.expired += expired
+
+        case .update(let update):
+            try applyUpdate(update, actor: file.actor, now: now, plan: plan, db: db, log: &log, counts: &counts)
+
         case .cancel(let procedureID, let reason):
             let procedure = try loadProcedure(procedureID, db: db)
+            if try procedureStatus(procedureID, db: db) == "booked" {
+                // An appointment has no reminders yet: its one row says it was called off.
+                try log.append(
+                    LogEntry(
+                        at: now, event: .cancelled, procedureID: procedureID, patientID: procedure.patient.id,
+                        actor: file.actor, detail: "appointment cancelled" + (reason.map { ": \($0)" } ?? "")
+                    )
+                )
+                counts.cancelled += 1
+            }
             let pending = try Data.fetchAll(
                 db,
                 sql: """
@@ -260,7 +351,11 @@ extension ReminderStore {
                 db, sql: "SELECT status FROM procedure WHERE id = CAST(? AS TEXT)", arguments: [exact(procedureID)])
                 == "active"
             else {
-                throw IntakeError(procedureID: procedureID, problem: "the procedure is cancelled; nothing to re-plan")
+                throw IntakeError(
+                    procedureID: procedureID,
+                    problem: try procedureStatus(procedureID, db: db) == "booked"
+                        ? "is a booked appointment; use 'aftercare move' to change its planned time"
+                        : "the procedure is \(try procedureStatus(procedureID, db: db)); nothing to re-plan")
             }
             if let performedAt { procedure.performedAt = performedAt }
             if let timeZone { procedure.patient.timeZone = timeZone }
@@ -282,11 +377,14 @@ extension ReminderStore {
                     contentHash(procedure), now.timeIntervalSince1970, exact(procedureID),
                 ]
             )
+            // Never-tried expired steps are re-planned too: they may have expired only because of the
+            // old time or zone's quiet hours, and their notes quote that zone.
             let current = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT CAST(step_id AS BLOB) AS step_id, due_at FROM reminder
-                    WHERE procedure_id = CAST(? AS TEXT) AND state = 'scheduled'
+                    SELECT CAST(step_id AS BLOB) AS step_id, due_at, state FROM reminder
+                    WHERE procedure_id = CAST(? AS TEXT)
+                        AND (state = 'scheduled' OR (state = 'expired' AND attempts = 0))
                     """,
                 arguments: [exact(procedureID)]
             )
@@ -295,11 +393,29 @@ extension ReminderStore {
                 let step = row.text("step_id") ?? ""
                 guard let reminder = planned.first(where: { $0.stepID == step }) else { continue }
                 let oldDue = Date(timeIntervalSince1970: row["due_at"])
+                let wasExpired = (row["state"] as String) == ReminderState.expired.rawValue
+                if wasExpired && reminder.state == .expired {
+                    // Still expired under the new plan: only its note changes, to the new zone's words.
+                    try db.execute(
+                        sql: """
+                            UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?,
+                                last_error = CAST(? AS TEXT), updated_at = ?
+                            WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT) AND state = 'expired'
+                            """,
+                        arguments: [
+                            reminder.nominalAt.timeIntervalSince1970, reminder.dueAt.timeIntervalSince1970,
+                            reminder.expiresAt.timeIntervalSince1970, reminder.note.map(exact),
+                            now.timeIntervalSince1970, exact(procedureID), exact(step),
+                        ]
+                    )
+                    continue
+                }
                 try db.execute(
                     sql: """
                         UPDATE reminder SET nominal_at = ?, due_at = ?, expires_at = ?, state = ?,
                             last_error = CAST(? AS TEXT), updated_at = ?
-                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT) AND state = 'scheduled'
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                            AND state IN ('scheduled', 'expired')
                         """,
                     arguments: [
                         reminder.nominalAt.timeIntervalSince1970, reminder.dueAt.timeIntervalSince1970,
@@ -312,7 +428,9 @@ extension ReminderStore {
                     LogEntry(
                         at: now, event: reminder.state == .expired ? .expired : .replanned, procedureID: procedureID,
                         patientID: procedure.patient.id, stepID: step, actor: file.actor,
-                        detail: "due \(Timestamp.format(oldDue, in: zone)) → \(Timestamp.format(reminder.dueAt, in: zone))"
+                        detail: (wasExpired ? "expired step re-planned: " : "")
+                            + "due \(Timestamp.format(oldDue, in: zone)) → "
+                            + Timestamp.format(reminder.dueAt, in: zone)
                             + (reminder.note.map { "; \($0)" } ?? "")
                     )
                 )
@@ -323,9 +441,10 @@ extension ReminderStore {
             var sql = """
                 SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id, r.expires_at,
                     CAST(p.patient_id AS BLOB) AS patient_id FROM reminder r
-                JOIN procedure p ON p.id = r.procedure_id WHERE r.state = 'dead'
+                JOIN procedure p ON p.id = r.procedure_id
+                WHERE (r.state = 'dead' OR (r.state = 'expired' AND r.expires_at > ?))
                 """
-            var arguments: StatementArguments = []
+            var arguments: StatementArguments = [now.timeIntervalSince1970]
             switch scope {
             case .reminder(let id):
                 // Step ids hold no dot; procedure ids may: the step is what follows the last dot.
@@ -333,26 +452,34 @@ extension ReminderStore {
                 let procedureID = dot.map { String(id[..<$0]) } ?? id
                 let stepID = dot.map { String(id[id.index(after: $0)...]) } ?? ""
                 sql += " AND r.procedure_id = CAST(? AS TEXT) AND r.step_id = CAST(? AS TEXT)"
-                arguments = [exact(procedureID), exact(stepID)]
-                let state = try String.fetchOne(
+                let key: StatementArguments = [exact(procedureID), exact(stepID)]
+                arguments += key
+                let found = try Row.fetchOne(
                     db,
                     sql: """
-                        SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                        SELECT state, expires_at FROM reminder
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
                         """,
-                    arguments: arguments)
-                guard let state else {
+                    arguments: key)
+                guard let found else {
                     throw IntakeError(procedureID: procedureID, problem: "no reminder \(id)")
                 }
-                guard state == "dead" else {
-                    throw IntakeError(procedureID: procedureID, problem: "reminder \(id) is \(state), not dead")
+                let state: String = found["state"]
+                let open = Date(timeIntervalSince1970: found["expires_at"]) > now
+                guard state == "dead" || (state == "expired" && open) else {
+                    throw IntakeError(
+                        procedureID: procedureID,
+                        problem: state == "expired"
+                            ? "reminder \(id) is expired and its window has closed"
+                            : "reminder \(id) is \(state), not dead or expired")
                 }
             case .procedure(let id):
                 _ = try loadProcedure(id, db: db)
                 sql += " AND r.procedure_id = CAST(? AS TEXT)"
-                arguments = [exact(id)]
+                arguments += [exact(id)]
             case .deadSince(let date):
                 sql += " AND r.updated_at >= ?"
-                arguments = [date.timeIntervalSince1970]
+                arguments += [date.timeIntervalSince1970]
             }
             for row in try Row.fetchAll(db, sql: sql, arguments: arguments) {
                 let procedureID = row.text("procedure_id") ?? ""
@@ -377,7 +504,8 @@ extension ReminderStore {
                 try db.execute(
                     sql: """
                         UPDATE reminder SET state = 'scheduled', due_at = ?, attempts = 0, last_error = NULL,
-                            updated_at = ? WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
+                            failed_routes = NULL, updated_at = ?
+                        WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)
                         """,
                     arguments: [now.timeIntervalSince1970, now.timeIntervalSince1970, exact(procedureID), exact(step)]
                 )
@@ -390,6 +518,165 @@ extension ReminderStore {
                 counts.replayed += 1
             }
         }
+    }
+
+    private static func existingProcedure(_ id: String, db: Database) throws -> (hash: String, status: String)? {
+        try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT content_hash, status FROM procedure WHERE id = CAST(? AS TEXT)"),
+            arguments: [exact(id)]
+        ).map { (hash: $0["content_hash"], status: $0["status"]) }
+    }
+
+    private static func procedureStatus(_ id: String, db: Database) throws -> String {
+        try String.fetchOne(
+            db, sql: "SELECT status FROM procedure WHERE id = CAST(? AS TEXT)", arguments: [exact(id)]) ?? "unknown"
+    }
+
+    private static func planOrThrow(_ procedure: Procedure, now: Date, plan: PlanFunction) throws -> [PlannedReminder] {
+        switch plan(procedure, now) {
+        case .success(let reminders): return reminders
+        case .failure(var error):
+            error.procedureID = procedure.id
+            throw error
+        }
+    }
+
+    private static func insertProcedure(
+        _ procedure: Procedure, hash: String, status: String, plannedAt: Date?, now: Date, db: Database
+    ) throws {
+        var procedureRow = FastInsert(
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
+                        status, ingested_at, updated_at, planned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """
+            ), in: db)
+        procedureRow.bind(procedure.id)
+        procedureRow.bind(procedure.protocolID)
+        procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
+        procedureRow.bind(procedure.patient.id)
+        procedureRow.bind(encodePatient(procedure.patient))
+        procedureRow.bind(hash)
+        procedureRow.bind(status)
+        procedureRow.bind(now.timeIntervalSince1970)
+        procedureRow.bind(now.timeIntervalSince1970)
+        procedureRow.bind(plannedAt?.timeIntervalSince1970)
+        try procedureRow.run()
+    }
+
+    /// Inserts a procedure's planned reminders, logging the ones planned expired. Returns how many.
+    private static func insertPlan(
+        _ procedure: Procedure, _ planned: [PlannedReminder], now: Date, db: Database, log: inout LogAppender
+    ) throws -> Int {
+        let insert = try db.cachedStatement(
+            sql: """
+                INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
+                    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        )
+        var expired = 0
+        var row = FastInsert(insert, in: db)
+        for reminder in planned {
+            row.bind(procedure.id)
+            row.bind(reminder.stepID)
+            row.bind(reminder.nominalAt.timeIntervalSince1970)
+            row.bind(reminder.dueAt.timeIntervalSince1970)
+            row.bind(reminder.expiresAt.timeIntervalSince1970)
+            row.bind(reminder.state.rawValue)
+            row.bind(reminder.state == .expired ? reminder.note : nil)
+            row.bind(now.timeIntervalSince1970)
+            try row.run()
+            if reminder.state == .expired { expired += 1 }
+        }
+        for reminder in planned where reminder.state == .expired {
+            try log.append(
+                LogEntry(
+                    at: now, event: .expired, procedureID: procedure.id, patientID: procedure.patient.id,
+                    stepID: reminder.stepID, detail: reminder.note
+                )
+            )
+        }
+        return expired
+    }
+
+    /// Applies a contact correction to the patient's open (booked or active) procedures, or to the
+    /// one named. The procedure's content hash is left as ingested, so a resent original is still
+    /// recognised as already known. One `updated` row per procedure says who changed what, with
+    /// addresses masked.
+    private static func applyUpdate(
+        _ update: PatientUpdate, actor: String, now: Date, plan: PlanFunction, db: Database,
+        log: inout LogAppender, counts: inout IntakeCounts
+    ) throws {
+        var sql = """
+            SELECT CAST(id AS BLOB) AS id, CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
+                CAST(patient_json AS BLOB) AS patient_json, status FROM procedure
+            WHERE patient_id = CAST(? AS TEXT)
+            """
+        var arguments: StatementArguments = [exact(update.patientID)]
+        if let id = update.procedureID {
+            sql += " AND id = CAST(? AS TEXT)"
+            arguments += [exact(id)]
+        } else {
+            sql += " AND status IN ('booked', 'active')"
+        }
+        let rows = try Row.fetchAll(db, sql: sql, arguments: arguments)
+        guard !rows.isEmpty else {
+            throw IntakeError(
+                procedureID: update.procedureID,
+                problem: update.procedureID == nil
+                    ? "patient \(update.patientID) has no open procedure"
+                    : "no such procedure for patient \(update.patientID)")
+        }
+        for row in rows {
+            let id = row.text("id") ?? ""
+            let procedure = try decodeProcedure(id: id, row: row)
+            let status: String = row["status"]
+            if update.procedureID != nil, status != "booked", status != "active" {
+                throw IntakeError(procedureID: id, problem: "is \(status); nothing to update")
+            }
+            let patient = update.applied(to: procedure.patient)
+            for channel in update.optOut + update.optIn
+            where !patient.routes.contains(where: { $0.channel == channel }) {
+                throw IntakeError(procedureID: id, problem: "patient \(update.patientID) has no '\(channel)' route")
+            }
+            let changes = describeChanges(from: procedure.patient, to: patient)
+            guard !changes.isEmpty else { continue }
+            var corrected = procedure
+            corrected.patient = patient
+            // Refused like a new procedure whose routes no configured channel can take.
+            _ = try planOrThrow(corrected, now: now, plan: plan)
+            try db.execute(
+                sql: "UPDATE procedure SET patient_json = CAST(? AS TEXT), updated_at = ? WHERE id = CAST(? AS TEXT)",
+                arguments: [exact(encodePatient(patient)), now.timeIntervalSince1970, exact(id)]
+            )
+            try log.append(
+                LogEntry(
+                    at: now, event: .updated, procedureID: id, patientID: update.patientID, actor: actor,
+                    detail: changes.joined(separator: "; ")
+                )
+            )
+            counts.updated += 1
+        }
+    }
+
+    /// What changed between two versions of a patient, addresses masked.
+    static func describeChanges(from old: Patient, to new: Patient) -> [String] {
+        func routes(_ patient: Patient) -> String {
+            patient.routes.map { "\($0.channel) \(ContactMask.mask($0.address))\($0.optedOut ? " (opted out)" : "")" }
+                .joined(separator: ", ")
+        }
+        var changes: [String] = []
+        if old.firstName != new.firstName { changes.append("first name changed") }
+        let oldRoutes = old.routes.map { ContactRoute(channel: $0.channel, address: $0.address) }
+        let newRoutes = new.routes.map { ContactRoute(channel: $0.channel, address: $0.address) }
+        if oldRoutes != newRoutes {
+            changes.append("routes \(routes(old)) → \(routes(new))")
+        } else {
+            for (before, after) in zip(old.routes, new.routes) where before.optedOut != after.optedOut {
+                changes.append("\(after.optedOut ? "opted out of" : "opted back in to") \(after.channel)")
+            }
+        }
+        return changes
     }
 
     static func loadProcedure(_ id: String, db: Database) throws -> Procedure {

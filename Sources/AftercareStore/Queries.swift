@@ -20,9 +20,16 @@ public struct ReminderView: Sendable, Hashable {
 /// A procedure as staff see it.
 public struct ProcedureView: Sendable, Hashable {
     public var procedure: Procedure
+    /// `active`, `cancelled`, `booked` (an appointment not yet performed; `procedure.performedAt`
+    /// is its planned time) or `not_performed` (closed unconfirmed).
     public var status: String
     public var ingestedAt: Date
     public var updatedAt: Date
+    /// The planned time of a procedure that was booked as an appointment.
+    public var plannedAt: Date?
+
+    /// Still an appointment: booked, or closed without being performed.
+    public var isAppointment: Bool { status == "booked" || status == "not_performed" }
 }
 
 /// The queue at a glance, for `aftercare status` and the daemon's systemd status line.
@@ -37,6 +44,10 @@ public struct QueueStatus: Sendable, Hashable {
     public var lastDelivery: Date?
     /// Attempts that did not deliver in the last 24 hours.
     public var failuresLastDay: Int
+    /// Appointments booked and not yet performed.
+    public var booked: Int = 0
+    /// Appointments closed because nobody marked them performed.
+    public var notPerformed: Int = 0
 
     public func count(_ state: ReminderState) -> Int { countsByState[state] ?? 0 }
 }
@@ -48,7 +59,11 @@ extension ReminderStore {
             for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM reminder GROUP BY state") {
                 if let state = ReminderState(rawValue: row["state"]) { counts[state] = row["n"] }
             }
-            return QueueStatus(
+            var byStatus: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT status, COUNT(*) AS n FROM procedure GROUP BY status") {
+                byStatus[row["status"]] = row["n"]
+            }
+            var status = QueueStatus(
                 procedures: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM procedure") ?? 0,
                 countsByState: counts,
                 dueNow: try Int.fetchOne(
@@ -68,6 +83,9 @@ extension ReminderStore {
                         """,
                     arguments: [now.timeIntervalSince1970 - 86400]) ?? 0
             )
+            status.booked = byStatus["booked"] ?? 0
+            status.notPerformed = byStatus["not_performed"] ?? 0
+            return status
         }
     }
 
@@ -92,7 +110,7 @@ extension ReminderStore {
                     db,
                     sql: """
                         SELECT CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
-                            CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at
+                            CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at, planned_at
                         FROM procedure WHERE id = CAST(? AS TEXT)
                         """,
                     arguments: [exact(id)])
@@ -100,7 +118,8 @@ extension ReminderStore {
             let view = ProcedureView(
                 procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
                 ingestedAt: Date(timeIntervalSince1970: row["ingested_at"]),
-                updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+                updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
+                plannedAt: (row["planned_at"] as Double?).map(Date.init(timeIntervalSince1970:))
             )
             let reminders = try Row.fetchAll(
                 db, sql: "SELECT \(Self.reminderColumns) FROM reminder WHERE procedure_id = CAST(? AS TEXT) "
@@ -117,7 +136,8 @@ extension ReminderStore {
         try await read { db in
             var sql = """
                 SELECT CAST(id AS BLOB) AS id, CAST(protocol_id AS BLOB) AS protocol_id, performed_at,
-                    CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at FROM procedure p
+                    CAST(patient_json AS BLOB) AS patient_json, status, ingested_at, updated_at, planned_at
+                FROM procedure p
                 """
             var conditions: [String] = []
             var arguments: StatementArguments = []
@@ -126,8 +146,10 @@ extension ReminderStore {
                 arguments += [patientID]
             }
             if pendingOnly {
+                // A booked appointment is pending too: its aftercare is still to come.
                 conditions.append(
-                    "EXISTS (SELECT 1 FROM reminder r WHERE r.procedure_id = p.id AND r.state IN ('scheduled', 'claimed'))"
+                    "(status = 'booked' OR EXISTS (SELECT 1 FROM reminder r WHERE r.procedure_id = p.id "
+                        + "AND r.state IN ('scheduled', 'claimed')))"
                 )
             }
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
@@ -138,7 +160,8 @@ extension ReminderStore {
                 let view = ProcedureView(
                     procedure: try Self.decodeProcedure(id: id, row: row), status: row["status"],
                     ingestedAt: Date(timeIntervalSince1970: row["ingested_at"]),
-                    updatedAt: Date(timeIntervalSince1970: row["updated_at"])
+                    updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
+                    plannedAt: (row["planned_at"] as Double?).map(Date.init(timeIntervalSince1970:))
                 )
                 let reminders = try Row.fetchAll(
                     db, sql: "SELECT \(Self.reminderColumns) FROM reminder WHERE procedure_id = CAST(? AS TEXT) "

@@ -104,7 +104,7 @@ public final class ReminderStore: Sendable {
 
 /// The schema and its migrations. `user_version` records how far a file has come.
 enum Schema {
-    static let version = 2
+    static let version = 3
 
     static func migrate(_ writer: any DatabaseWriter) throws {
         var migrator = DatabaseMigrator()
@@ -206,6 +206,40 @@ enum Schema {
                     """
             )
             try db.execute(sql: "PRAGMA user_version = 2")
+        }
+        // Appointments: a procedure may be booked ahead (no reminders yet) and closed as not
+        // performed. SQLite cannot widen a CHECK in place, so the table is rebuilt (GRDB defers the
+        // foreign-key checks to the end of the migration). `planned_at` keeps the booked time once
+        // the actual one is known. A reminder remembers the routes that failed permanently
+        // ("channel:address", one a line), so the next try goes to the patient's next route.
+        migrator.registerMigration("v3") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE procedure_v3 (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        protocol_id TEXT NOT NULL,
+                        performed_at REAL NOT NULL,
+                        patient_id TEXT NOT NULL,
+                        patient_json TEXT NOT NULL,
+                        content_hash TEXT NOT NULL,
+                        status TEXT NOT NULL CHECK (status IN ('active', 'cancelled', 'booked', 'not_performed')),
+                        ingested_at REAL NOT NULL,
+                        updated_at REAL NOT NULL,
+                        planned_at REAL
+                    ) WITHOUT ROWID;
+                    INSERT INTO procedure_v3 (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
+                        status, ingested_at, updated_at)
+                    SELECT id, protocol_id, performed_at, patient_id, patient_json, content_hash, status, ingested_at,
+                        updated_at FROM procedure;
+                    DROP TABLE procedure;
+                    ALTER TABLE procedure_v3 RENAME TO procedure;
+                    CREATE INDEX procedure_by_patient ON procedure(patient_id);
+                    CREATE INDEX procedure_booked ON procedure(performed_at) WHERE status = 'booked';
+
+                    ALTER TABLE reminder ADD COLUMN failed_routes TEXT;
+                    """
+            )
+            try db.execute(sql: "PRAGMA user_version = 3")
         }
         try migrator.migrate(writer)
     }

@@ -45,6 +45,9 @@ struct AddCommand: AsyncParsableCommand {
     @Option(name: .customLong("protocol"), help: "The protocol id.")
     var protocolID: String = "trigger-point-injection"
 
+    @Flag(help: "Record a procedure so far back that every step's window has closed (nothing will be sent).")
+    var force = false
+
     @Flag(help: "Check and print the plan without queueing anything.")
     var dryRun = false
 
@@ -85,15 +88,28 @@ struct AddCommand: AsyncParsableCommand {
         } catch {
             throw CLIError("\(error)")
         }
+        let now = Date()
+        if performed.timeIntervalSince(now) > PerformedTime.aheadTolerance {
+            throw CLIError(
+                "--performed-at: \(Show.localWithZone(performed, zone)) is more than 5 minutes ahead; a procedure "
+                    + "not yet performed is an appointment: aftercare book --procedure \(procedureID) "
+                    + "--planned-at TIME …")
+        }
         let planned: [PlannedReminder]
-        switch Intake.plan(procedure, config: config, now: Date()) {
+        switch Intake.plan(procedure, config: config, now: now) {
         case .success(let reminders): planned = reminders
         case .failure(let error): throw CLIError("\(error)")
+        }
+        if PerformedTime.problem(performedAt: performed, now: now, plan: planned, force: force) != nil {
+            throw CLIError(
+                "--performed-at: \(Show.localWithZone(performed, zone)) is so far back that every step's window has "
+                    + "closed and nothing would be sent; add --force to record it anyway")
         }
 
         let spool = Spool(root: config.paths.spool)
         if !dryRun {
-            let name = try queue(.procedure(procedure), label: procedure.id, spool: spool, what: "the procedure")
+            let name = try queue(
+                .procedure(procedure, force: force), label: procedure.id, spool: spool, what: "the procedure")
             print("Queued procedure \(procedure.id) for patient \(procedure.patient.id) (spool file \(name)).")
             try SpoolReceipt.report(spool: spool, name: name, wait: wait)
         } else {

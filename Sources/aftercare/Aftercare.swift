@@ -17,7 +17,8 @@ struct Aftercare: AsyncParsableCommand {
         subcommands: [
             DaemonCommand.self, AddCommand.self, ListCommand.self, ShowCommand.self, CancelCommand.self,
             RescheduleCommand.self, ReplayCommand.self, StatusCommand.self, ConfigCommand.self,
-            ProtocolCommand.self, AuditCommand.self,
+            ProtocolCommand.self, AuditCommand.self, BookCommand.self, MoveCommand.self, PerformedCommand.self,
+            UpdateCommand.self, OptOutCommand.self,
         ]
     )
 }

@@ -33,10 +33,11 @@ struct ListCommand: AsyncParsableCommand {
             var counts: [ReminderState: Int] = [:]
             for reminder in reminders { counts[reminder.state, default: 0] += 1 }
             let summary = ReminderState.allCases.compactMap { state in counts[state].map { "\($0) \(state.rawValue)" } }
+            let time = Show.localWithZone(view.procedure.performedAt, view.procedure.patientTimeZone)
             return [
-                view.procedure.id, view.procedure.patient.id,
-                Show.localWithZone(view.procedure.performedAt, view.procedure.patientTimeZone), view.status,
-                summary.joined(separator: ", "),
+                view.procedure.id, view.procedure.patient.id, view.isAppointment ? "planned \(time)" : time,
+                view.status,
+                view.status == "booked" ? "start when performed" : summary.joined(separator: ", "),
             ]
         }
         print(Show.table(["PROCEDURE", "PATIENT", "PERFORMED", "STATUS", "REMINDERS"], rows))
@@ -65,7 +66,19 @@ struct ShowCommand: AsyncParsableCommand {
         let zone = procedure.patientTimeZone
         print("Procedure \(procedure.id)  (\(view.status), protocol \(procedure.protocolID))")
         print("Patient   \(procedure.patient.id)\(procedure.patient.firstName.map { " (\($0))" } ?? "")")
-        print("Performed \(Show.localWithZone(procedure.performedAt, zone))  [\(procedure.patient.timeZone)]")
+        switch view.status {
+        case "booked":
+            print("Planned   \(Show.localWithZone(procedure.performedAt, zone))  [\(procedure.patient.timeZone)]  "
+                + "booked: reminders start once it is marked performed (aftercare performed \(procedure.id))")
+        case "not_performed":
+            print("Planned   \(Show.localWithZone(procedure.performedAt, zone))  [\(procedure.patient.timeZone)]  "
+                + "never marked performed: closed, no aftercare sent")
+        default:
+            if let planned = view.plannedAt {
+                print("Planned   \(Show.localWithZone(planned, zone))")
+            }
+            print("Performed \(Show.localWithZone(procedure.performedAt, zone))  [\(procedure.patient.timeZone)]")
+        }
         for (index, route) in procedure.patient.routes.enumerated() {
             let address = unmask ? route.address : ContactMask.mask(route.address)
             print("Route \(index + 1)   \(route.channel) \(address)\(route.optedOut ? "  (opted out)" : "")")
@@ -99,6 +112,8 @@ struct StatusCommand: AsyncParsableCommand {
             .filter { $0.hasSuffix(".error") }.count
         var lines: [(String, String)] = [
             ("Procedures", "\(status.procedures)"),
+            ("Booked", "\(status.booked) appointment(s) not yet performed"),
+            ("Not performed", "\(status.notPerformed) appointment(s) closed unconfirmed"),
             ("Scheduled", "\(status.count(.scheduled)) (due now: \(status.dueNow), retrying: \(status.retrying))"),
             ("In flight", "\(status.count(.claimed))"),
             ("Delivered", "\(status.count(.delivered))"),

@@ -28,7 +28,7 @@ struct IntakeCodecTests {
     @Test("a procedure file decodes with every field, and encodes back to the same request")
     func procedureRoundTrip() throws {
         let requests = try IntakeCodec.decode(Data(Self.procedureLine.utf8))
-        guard case .procedure(let procedure) = try #require(requests.first) else {
+        guard case .procedure(let procedure, _) = try #require(requests.first) else {
             Issue.record("expected a procedure")
             return
         }

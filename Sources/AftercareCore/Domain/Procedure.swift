@@ -93,3 +93,87 @@ public struct Procedure: Codable, Sendable, Hashable {
         TimeZone(identifier: patient.timeZone) ?? TimeZone(identifier: "UTC")!
     }
 }
+
+/// A correction to a patient's contact details, applied to their open procedures (booked or
+/// active), or only to `procedureID` when it is given. Fields left `nil` or empty stay as they are.
+public struct PatientUpdate: Sendable, Hashable {
+    /// The patient whose details change.
+    public var patientID: String
+    /// Only this procedure of theirs; every open one when `nil`.
+    public var procedureID: String?
+    /// The new first name for greetings.
+    public var firstName: String?
+    /// The new contact routes, replacing the old ones, in order of preference.
+    public var routes: [ContactRoute]?
+    /// Channels the patient has opted out of (a gateway's STOP): every route on them is marked so.
+    public var optOut: [String]
+    /// Channels the patient has opted back in to.
+    public var optIn: [String]
+
+    public init(
+        patientID: String, procedureID: String? = nil, firstName: String? = nil, routes: [ContactRoute]? = nil,
+        optOut: [String] = [], optIn: [String] = []
+    ) {
+        self.patientID = patientID
+        self.procedureID = procedureID
+        self.firstName = firstName
+        self.routes = routes
+        self.optOut = optOut
+        self.optIn = optIn
+    }
+
+    /// The patient's details after this update.
+    public func applied(to patient: Patient) -> Patient {
+        var patient = patient
+        if let firstName { patient.firstName = firstName }
+        if let routes { patient.routes = routes }
+        for index in patient.routes.indices {
+            if optOut.contains(patient.routes[index].channel) { patient.routes[index].optedOut = true }
+            if optIn.contains(patient.routes[index].channel) { patient.routes[index].optedOut = false }
+        }
+        return patient
+    }
+
+    /// Checks every field with the same rules as a new procedure's.
+    public func validate() throws(ValidationError) {
+        try InputRules.checkIdentifier(patientID, field: "patient_id")
+        if let procedureID { try InputRules.checkIdentifier(procedureID, field: "procedure_id") }
+        if let firstName { try InputRules.checkText(firstName, field: "first_name", maxLength: 64) }
+        if let routes {
+            guard !routes.isEmpty else {
+                throw ValidationError(field: "routes", problem: "at least one contact route is needed")
+            }
+            guard routes.count <= 8 else { throw ValidationError(field: "routes", problem: "at most 8 contact routes") }
+            for (index, route) in routes.enumerated() { try route.validate(field: "routes[\(index)]") }
+        }
+        for channel in optOut { try InputRules.checkName(channel, field: "opt_out") }
+        for channel in optIn { try InputRules.checkName(channel, field: "opt_in") }
+        if let channel = optOut.first(where: optIn.contains) {
+            throw ValidationError(field: "opt_in", value: channel, problem: "is also in opt_out")
+        }
+        guard firstName != nil || routes != nil || !optOut.isEmpty || !optIn.isEmpty else {
+            throw ValidationError(field: "update", problem: "needs first_name, routes, opt_out or opt_in")
+        }
+    }
+}
+
+/// The rules on when a procedure may be recorded as performed.
+public enum PerformedTime {
+    /// How far ahead of now a performed time may lie (clocks differ a little); later is a booking.
+    public static let aheadTolerance: TimeInterval = 300
+
+    /// Why `performedAt` cannot be recorded as performed at `now` with this plan, or `nil` if it can.
+    /// A time ahead is an appointment to book; one so far back that every step's window has closed
+    /// sends nothing and needs `force`.
+    public static func problem(performedAt: Date, now: Date, plan: [PlannedReminder], force: Bool) -> String? {
+        if performedAt.timeIntervalSince(now) > aheadTolerance {
+            return "performed_at \(Timestamp.format(performedAt, in: .gmt)) is more than 5 minutes ahead: "
+                + "book it as an appointment instead (aftercare book, or kind \"book\")"
+        }
+        if !force, !plan.isEmpty, plan.allSatisfy({ $0.state == .expired }) {
+            return "performed_at \(Timestamp.format(performedAt, in: .gmt)) is so far back that every step's "
+                + "window has closed and nothing would be sent (force it to record it anyway)"
+        }
+        return nil
+    }
+}

@@ -14,10 +14,27 @@ import Foundation
 /// {"kind":"cancel","procedure_id":"P-1001","reason":"patient declined"}
 /// {"kind":"reschedule","procedure_id":"P-1001","performed_at":"2026-11-25T15:10:00-05:00"}
 /// {"kind":"replay","reminder_id":"P-1001.checkin-24h"}
+/// {"kind":"book","procedure_id":"P-1002","protocol":"trigger-point-injection",
+///  "planned_at":"2026-12-01T10:00:00-05:00",
+///  "patient":{"id":"MRN-77","time_zone":"America/New_York","routes":[{"channel":"sms","to":"+15551234567"}]}}
+/// {"kind":"move","procedure_id":"P-1002","planned_at":"2026-12-02T10:00:00-05:00"}
+/// {"kind":"performed","procedure_id":"P-1002","performed_at":"2026-12-02T10:20:00-05:00"}
+/// {"kind":"update","patient_id":"MRN-77","routes":[{"channel":"sms","to":"+15557654321"}],"opt_out":["email"]}
 /// ```
 public enum IntakeRequest: Sendable, Hashable {
-    /// A new procedure to plan (or the same one again: ingest is idempotent by procedure id).
-    case procedure(Procedure)
+    /// A procedure performed now or in the past, to plan (or the same one again: ingest is
+    /// idempotent by procedure id). `force` records one so far back that nothing will be sent.
+    case procedure(Procedure, force: Bool = false)
+    /// An appointment: a procedure planned for `performedAt`, whose reminders wait until it is
+    /// marked performed.
+    case book(Procedure)
+    /// Move a booked appointment to another planned time (and optionally the patient's zone).
+    case move(procedureID: String, plannedAt: Date, timeZone: String?)
+    /// A booked appointment took place, at `at` (when the daemon takes the request if `nil`); its
+    /// reminders are planned from that moment.
+    case performed(procedureID: String, at: Date?, force: Bool)
+    /// Correct a patient's contact details on their open procedures.
+    case update(PatientUpdate)
     /// Cancel every pending reminder of a procedure.
     case cancel(procedureID: String, reason: String?)
     /// Correct a procedure's time and/or the patient's zone, re-planning its pending reminders.
@@ -28,8 +45,9 @@ public enum IntakeRequest: Sendable, Hashable {
     /// The procedure the request is about, when it names one.
     public var procedureID: String? {
         switch self {
-        case .procedure(let procedure): return procedure.id
-        case .cancel(let id, _), .reschedule(let id, _, _): return id
+        case .procedure(let procedure, _), .book(let procedure): return procedure.id
+        case .cancel(let id, _), .reschedule(let id, _, _), .move(let id, _, _), .performed(let id, _, _): return id
+        case .update(let update): return update.procedureID
         case .replay(.reminder(let id)): return id.lastIndex(of: ".").map { String(id[..<$0]) }
         case .replay(.procedure(let id)): return id
         case .replay: return nil
@@ -40,8 +58,19 @@ public enum IntakeRequest: Sendable, Hashable {
     /// and echoed safely. The one check both the staff commands and the daemon's intake run.
     public func validate() throws(ValidationError) {
         switch self {
-        case .procedure(let procedure):
+        case .procedure(let procedure, _):
             try procedure.validate()
+        case .book(let procedure):
+            try procedure.validate()
+        case .move(let id, let plannedAt, let timeZone):
+            try InputRules.checkIdentifier(id, field: "procedure_id")
+            try Self.checkYear(plannedAt, field: "planned_at")
+            if let timeZone { try InputRules.checkTimeZone(timeZone, field: "time_zone") }
+        case .performed(let id, let at, _):
+            try InputRules.checkIdentifier(id, field: "procedure_id")
+            if let at { try Self.checkYear(at, field: "performed_at") }
+        case .update(let update):
+            try update.validate()
         case .cancel(let id, let reason):
             try InputRules.checkIdentifier(id, field: "procedure_id")
             if let reason { try InputRules.checkText(reason, field: "reason") }
@@ -61,7 +90,7 @@ public enum IntakeRequest: Sendable, Hashable {
         }
     }
 
-    private static func checkYear(_ date: Date, field: String) throws(ValidationError) {
+    static func checkYear(_ date: Date, field: String) throws(ValidationError) {
         let year = Calendar(identifier: .gregorian).component(.year, from: date)
         guard (2000...2100).contains(year) else {
             throw ValidationError(field: field, problem: "year \(year) is outside 2000-2100")
@@ -143,24 +172,28 @@ public enum IntakeCodec {
     public static func encode(_ request: IntakeRequest, requestedBy: String? = nil) -> Data {
         var object: [String: Any] = [:]
         switch request {
-        case .procedure(let procedure):
-            let zone = procedure.patientTimeZone
-            var patient: [String: Any] = [
-                "id": procedure.patient.id,
-                "time_zone": procedure.patient.timeZone,
-                "routes": procedure.patient.routes.map { route -> [String: Any] in
-                    var entry: [String: Any] = ["channel": route.channel, "to": route.address]
-                    if route.optedOut { entry["opted_out"] = true }
-                    return entry
-                },
-            ]
-            if let firstName = procedure.patient.firstName { patient["first_name"] = firstName }
-            object = [
-                "procedure_id": procedure.id,
-                "protocol": procedure.protocolID,
-                "performed_at": Timestamp.format(procedure.performedAt, in: zone),
-                "patient": patient,
-            ]
+        case .procedure(let procedure, let force):
+            object = encodeProcedure(procedure, timeKey: "performed_at")
+            if force { object["force"] = true }
+        case .book(let procedure):
+            object = encodeProcedure(procedure, timeKey: "planned_at")
+            object["kind"] = "book"
+        case .move(let id, let plannedAt, let timeZone):
+            object = ["kind": "move", "procedure_id": id]
+            let zone = timeZone.flatMap(TimeZone.init(identifier:)) ?? .gmt
+            object["planned_at"] = Timestamp.format(plannedAt, in: zone)
+            if let timeZone { object["time_zone"] = timeZone }
+        case .performed(let id, let at, let force):
+            object = ["kind": "performed", "procedure_id": id]
+            if let at { object["performed_at"] = Timestamp.format(at, in: .gmt) }
+            if force { object["force"] = true }
+        case .update(let update):
+            object = ["kind": "update", "patient_id": update.patientID]
+            if let id = update.procedureID { object["procedure_id"] = id }
+            if let firstName = update.firstName { object["first_name"] = firstName }
+            if let routes = update.routes { object["routes"] = routes.map(encodeRoute) }
+            if !update.optOut.isEmpty { object["opt_out"] = update.optOut }
+            if !update.optIn.isEmpty { object["opt_in"] = update.optIn }
         case .cancel(let id, let reason):
             object = ["kind": "cancel", "procedure_id": id]
             if let reason { object["reason"] = reason }
@@ -180,6 +213,27 @@ public enum IntakeCodec {
         if let requestedBy { object["requested_by"] = requestedBy }
         // Sorted keys keep files stable and diffable.
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+    }
+
+    private static func encodeRoute(_ route: ContactRoute) -> [String: Any] {
+        var entry: [String: Any] = ["channel": route.channel, "to": route.address]
+        if route.optedOut { entry["opted_out"] = true }
+        return entry
+    }
+
+    private static func encodeProcedure(_ procedure: Procedure, timeKey: String) -> [String: Any] {
+        var patient: [String: Any] = [
+            "id": procedure.patient.id,
+            "time_zone": procedure.patient.timeZone,
+            "routes": procedure.patient.routes.map(encodeRoute),
+        ]
+        if let firstName = procedure.patient.firstName { patient["first_name"] = firstName }
+        return [
+            "procedure_id": procedure.id,
+            "protocol": procedure.protocolID,
+            timeKey: Timestamp.format(procedure.performedAt, in: procedure.patientTimeZone),
+            "patient": patient,
+        ]
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool {
@@ -206,7 +260,22 @@ public enum IntakeCodec {
         let request: IntakeRequest
         switch kind {
         case "procedure":
-            request = .procedure(try decodeProcedure(&fields))
+            let procedure = try decodeProcedure(&fields, timeKey: "performed_at")
+            request = .procedure(procedure, force: try fields.optionalBool("force") ?? false)
+        case "book":
+            request = .book(try decodeProcedure(&fields, timeKey: "planned_at"))
+        case "move":
+            let id = try fields.string("procedure_id")
+            guard let plannedAt = try fields.optionalTimestamp("planned_at") else {
+                throw IntakeError(line: line, procedureID: id, problem: "missing field 'planned_at'")
+            }
+            request = .move(procedureID: id, plannedAt: plannedAt, timeZone: try fields.optionalString("time_zone"))
+        case "performed":
+            request = .performed(
+                procedureID: try fields.string("procedure_id"), at: try fields.optionalTimestamp("performed_at"),
+                force: try fields.optionalBool("force") ?? false)
+        case "update":
+            request = .update(try decodeUpdate(&fields))
         case "cancel":
             request = .cancel(
                 procedureID: try fields.string("procedure_id"), reason: try fields.optionalString("reason"))
@@ -229,7 +298,7 @@ public enum IntakeCodec {
             throw IntakeError(
                 line: line,
                 problem: "unknown kind '\(InputRules.printable(kind, limit: 40))' "
-                    + "(expected procedure, cancel, reschedule or replay)"
+                    + "(expected procedure, book, move, performed, update, cancel, reschedule or replay)"
             )
         }
         try check(line, request.procedureID) { () throws(ValidationError) in try request.validate() }
@@ -237,16 +306,16 @@ public enum IntakeCodec {
         return request
     }
 
-    private static func decodeProcedure(_ fields: inout Fields) throws(IntakeError) -> Procedure {
+    private static func decodeProcedure(_ fields: inout Fields, timeKey: String) throws(IntakeError) -> Procedure {
         let id = try fields.string("procedure_id")
         let protocolID = try fields.string("protocol")
-        guard let performedAtText = try fields.optionalString("performed_at") else {
-            throw IntakeError(line: fields.line, procedureID: id, problem: "missing field 'performed_at'")
+        guard let performedAtText = try fields.optionalString(timeKey) else {
+            throw IntakeError(line: fields.line, procedureID: id, problem: "missing field '\(timeKey)'")
         }
         guard let performedAt = Timestamp.parse(performedAtText) else {
             throw IntakeError(
                 line: fields.line, procedureID: id,
-                problem: "performed_at '\(InputRules.printable(performedAtText))' is not a time with a zone offset "
+                problem: "\(timeKey) '\(InputRules.printable(performedAtText))' is not a time with a zone offset "
                     + "such as 2026-11-25T14:30:00-05:00"
             )
         }
@@ -261,18 +330,7 @@ public enum IntakeCodec {
             throw IntakeError(line: fields.line, procedureID: id, problem: "missing or invalid array 'patient.routes'")
         }
         try patientFields.rejectUnknown(procedureID: id)
-        var routes: [ContactRoute] = []
-        for (index, rawRoute) in rawRoutes.enumerated() {
-            guard let routeObject = rawRoute as? [String: Any] else {
-                throw IntakeError(line: fields.line, procedureID: id, problem: "patient.routes[\(index)] is not an object")
-            }
-            var routeFields = Fields(object: routeObject, line: fields.line, prefix: "patient.routes[\(index)].")
-            let channel = try routeFields.string("channel")
-            let address = try routeFields.string("to")
-            let optedOut = try routeFields.optionalBool("opted_out") ?? false
-            try routeFields.rejectUnknown(procedureID: id)
-            routes.append(ContactRoute(channel: channel, address: address, optedOut: optedOut))
-        }
+        let routes = try decodeRoutes(rawRoutes, line: fields.line, prefix: "patient.routes", procedureID: id)
         let procedure = Procedure(
             id: id,
             protocolID: protocolID,
@@ -280,6 +338,39 @@ public enum IntakeCodec {
             patient: Patient(id: patientID, firstName: firstName, timeZone: zone, routes: routes)
         )
         return procedure
+    }
+
+    private static func decodeRoutes(_ rawRoutes: [Any], line: Int?, prefix: String, procedureID: String?)
+        throws(IntakeError) -> [ContactRoute]
+    {
+        var routes: [ContactRoute] = []
+        for (index, rawRoute) in rawRoutes.enumerated() {
+            guard let routeObject = rawRoute as? [String: Any] else {
+                throw IntakeError(line: line, procedureID: procedureID, problem: "\(prefix)[\(index)] is not an object")
+            }
+            var routeFields = Fields(object: routeObject, line: line, prefix: "\(prefix)[\(index)].")
+            let channel = try routeFields.string("channel")
+            let address = try routeFields.string("to")
+            let optedOut = try routeFields.optionalBool("opted_out") ?? false
+            try routeFields.rejectUnknown(procedureID: procedureID)
+            routes.append(ContactRoute(channel: channel, address: address, optedOut: optedOut))
+        }
+        return routes
+    }
+
+    private static func decodeUpdate(_ fields: inout Fields) throws(IntakeError) -> PatientUpdate {
+        let patientID = try fields.string("patient_id")
+        let procedureID = try fields.optionalString("procedure_id")
+        var routes: [ContactRoute]?
+        if let raw = fields.take("routes"), !(raw is NSNull) {
+            guard let list = raw as? [Any] else {
+                throw IntakeError(line: fields.line, problem: "'routes' must be an array")
+            }
+            routes = try decodeRoutes(list, line: fields.line, prefix: "routes", procedureID: procedureID)
+        }
+        return PatientUpdate(
+            patientID: patientID, procedureID: procedureID, firstName: try fields.optionalString("first_name"),
+            routes: routes, optOut: try fields.optionalStrings("opt_out"), optIn: try fields.optionalStrings("opt_in"))
     }
 
     private static func check(
@@ -324,6 +415,14 @@ public enum IntakeCodec {
                 throw IntakeError(line: line, problem: "'\(prefix)\(key)' must be true or false")
             }
             return bool
+        }
+
+        mutating func optionalStrings(_ key: String) throws(IntakeError) -> [String] {
+            guard let value = take(key), !(value is NSNull) else { return [] }
+            guard let list = value as? [Any], list.allSatisfy({ $0 is String }) else {
+                throw IntakeError(line: line, problem: "'\(prefix)\(key)' must be an array of strings")
+            }
+            return list.compactMap { $0 as? String }
         }
 
         mutating func optionalTimestamp(_ key: String) throws(IntakeError) -> Date? {

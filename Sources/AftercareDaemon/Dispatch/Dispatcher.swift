@@ -53,20 +53,24 @@ struct Dispatcher: Sendable {
         }
 
         var optedOut: [String] = []
+        var failedBefore = 0
         var chosen: (route: ContactRoute, senderName: String, sender: any Sender)?
-        for route in procedure.patient.routes {
-            if !step.channels.isEmpty && !step.channels.contains(route.channel) { continue }
-            guard let senderName = config.channels[route.channel], let sender = runtime.senders[senderName] else {
+        for route in usableRoutes(procedure.patient, step: step) {
+            if route.route.optedOut {
+                optedOut.append(route.route.channel)
                 continue
             }
-            if route.optedOut {
-                optedOut.append(route.channel)
+            if reminder.failedRoutes.contains(FailedRoute.key(route.route)) {
+                failedBefore += 1
                 continue
             }
-            chosen = (route, senderName, sender)
+            chosen = route
             break
         }
         guard let chosen else {
+            if failedBefore > 0 {
+                return .dead(reason: "every usable route failed permanently")
+            }
             return .skipped(
                 reason: optedOut.isEmpty
                     ? "no contact route on a channel this step may use has a configured sender"
@@ -94,7 +98,33 @@ struct Dispatcher: Sendable {
                 subject: subject, body: body,
                 protocolVersion: runtime.protocolVersions[careProtocol.id] ?? ProtocolVersion(careProtocol))
         )
-        return .attempted(attempt, next: next(after: result, reminder: reminder, step: step, zone: zone))
+        var after = next(after: result, reminder: reminder, step: step, zone: zone)
+        if case .dead(let reason) = after, case .failed = result.outcome,
+            let fallback = usableRoutes(procedure.patient, step: step).first(where: { candidate in
+                !candidate.route.optedOut && candidate.route != chosen.route
+                    && !reminder.failedRoutes.contains(FailedRoute.key(candidate.route))
+            })
+        {
+            // A permanent failure belongs to the route, not the patient: their next route is tried.
+            after = .nextRoute(
+                at: now,
+                reason: "permanent failure on \(chosen.route.channel); trying \(fallback.route.channel) next: "
+                    + reason)
+        }
+        return .attempted(attempt, next: after)
+    }
+
+    /// The patient's routes this step may use and a configured sender can take, in their order of
+    /// preference (opted-out ones included, for the caller to pass over and log).
+    func usableRoutes(_ patient: Patient, step: Step)
+        -> [(route: ContactRoute, senderName: String, sender: any Sender)]
+    {
+        patient.routes.compactMap { route in
+            if !step.channels.isEmpty && !step.channels.contains(route.channel) { return nil }
+            guard let senderName = runtime.config.channels[route.channel], let sender = runtime.senders[senderName]
+            else { return nil }
+            return (route, senderName, sender)
+        }
     }
 
     /// Where a reminder goes after an attempt with this result.
@@ -112,6 +142,11 @@ struct Dispatcher: Sendable {
             let delay = retry.delay(afterAttempt: reminder.attempt, retryAfter: after, unit: Double.random(in: 0..<1))
             let earliest = clock.now().addingTimeInterval(delay)
             let at = Planner.allowedTime(for: step, at: earliest, zone: zone, policy: runtime.config.policy)
+            if at > reminder.expiresAt, let last = lastUsefulMoment(reminder: reminder, step: step, zone: zone) {
+                // The receiver asks to wait past the window: one more try just before it closes
+                // beats none. Asked again then, the window leaves no room and it expires.
+                return .retry(at: last)
+            }
             guard at <= reminder.expiresAt else {
                 return .expired(
                     reason: "next try at \(Timestamp.format(at, in: zone)) would fall after its window closed "
@@ -120,5 +155,24 @@ struct Dispatcher: Sendable {
             }
             return .retry(at: at)
         }
+    }
+
+    /// How long before its window closes a last try is made when the receiver asks to wait past it.
+    static let lastTryMargin: TimeInterval = 300
+
+    /// The latest moment inside the reminder's window, outside quiet hours, at least a minute from
+    /// now, at which a last try still makes sense; `nil` when there is none.
+    func lastUsefulMoment(reminder: ClaimedReminder, step: Step, zone: TimeZone) -> Date? {
+        let now = clock.now()
+        let policy = runtime.config.policy
+        var candidate = reminder.expiresAt.addingTimeInterval(-Self.lastTryMargin)
+        // Step back in 5-minute strides out of any quiet hours; a window is days long at most.
+        while candidate.timeIntervalSince(now) >= 60 {
+            if Planner.allowedTime(for: step, at: candidate, zone: zone, policy: policy) == candidate {
+                return candidate
+            }
+            candidate.addTimeInterval(-Self.lastTryMargin)
+        }
+        return nil
     }
 }
