@@ -83,8 +83,11 @@ struct LifecycleDaemonTests {
 
     @Test("the last try before the window closes keeps out of quiet hours")
     func lastTryRespectsQuietHours() async throws {
+        // An ordinary step (the first-day advice goes out at the procedure whatever the quiet hours):
+        // resume-activity is due at +24 h, 14:00 on Thursday, and its 12 h window closes at 02:00.
         let sender = RecordingSender { message in
-            message.stepID == "ice" ? SendResult(.retry(after: 30000, reason: "HTTP 429"), responseCode: 429)
+            message.stepID == "resume-activity"
+                ? SendResult(.retry(after: 30000, reason: "HTTP 429"), responseCode: 429)
                 : SendResult(.delivered(detail: "ok"))
         }
         let harness = try DaemonHarness(
@@ -92,18 +95,22 @@ struct LifecycleDaemonTests {
         harness.start()
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-q", at: Self.afternoon))], label: "q")
         let store = try await harness.openedStore()
-        let lastTry = Timestamp.parse("2026-11-25T18:55:00-05:00")!
+        #expect(await harness.deliveredCount(reaches: 2))
+        harness.clock.set(Self.afternoon.addingTimeInterval(86400))
+        // 01:55, five minutes before the window closes, is inside quiet hours: the last try steps back
+        // to 18:55, before they begin.
+        let lastTry = Timestamp.parse("2026-11-26T18:55:00-05:00")!
         #expect(await harness.eventually {
-            (try? await store.procedure("P-q"))?.1.first { $0.stepID == "ice" }?.dueAt == lastTry
+            (try? await store.procedure("P-q"))?.1.first { $0.stepID == "resume-activity" }?.dueAt == lastTry
         })
         // Asked to wait again at the last try, it expires: the window leaves no room.
         harness.clock.set(lastTry)
         #expect(await harness.eventually {
-            (try? await store.procedure("P-q"))?.1.first { $0.stepID == "ice" }?.state == .expired
+            (try? await store.procedure("P-q"))?.1.first { $0.stepID == "resume-activity" }?.state == .expired
         })
         await harness.settle()
         try await harness.stop()
-        #expect(sender.messages.filter { $0.stepID == "ice" }.count == 2)
+        #expect(sender.messages.filter { $0.stepID == "resume-activity" }.count == 2)
     }
 
     @Test("a booked appointment sends nothing; never confirmed, it is closed after 12 h and never gets aftercare")
@@ -138,26 +145,30 @@ struct LifecycleDaemonTests {
     @Test("reschedule to another zone revives steps that expired only for the old zone's quiet hours")
     func rescheduleToAnotherZoneRevivesQuietHourExpiries() async throws {
         let sender = RecordingSender()
+        // Quiet from midnight to 13:00: resume-activity's window (+24 h, 12 h long) is 00:30-12:30 in
+        // Kolkata, wholly quiet, but 14:00-02:00 in New York, open from its start.
         let harness = try DaemonHarness(
-            start: Self.afternoon, quietHours: ("21:00", "08:00"), makeSender: { _, _, _ in sender })
+            start: Self.afternoon, quietHours: ("00:00", "13:00"), makeSender: { _, _, _ in sender })
         harness.start()
-        // Entered with the wrong zone: 14:00 New York is 00:30 in Kolkata, and the first-day steps'
-        // 6 h windows fall wholly inside Kolkata's night.
+        // Entered with the wrong zone: 14:00 New York is 00:30 in Kolkata.
         try harness.spool.submit(
             [.procedure(DaemonHarness.procedure("P-z", at: Self.afternoon, zone: "Asia/Kolkata"))], label: "z")
         let store = try await harness.openedStore()
         #expect(await harness.eventually {
-            (try? await store.procedure("P-z"))?.1.first { $0.stepID == "ice" }?.state == .expired
+            (try? await store.procedure("P-z"))?.1.first { $0.stepID == "resume-activity" }?.state == .expired
         })
         harness.clock.advance(by: 600)
         try harness.spool.submit(
             [.reschedule(procedureID: "P-z", performedAt: nil, timeZone: "America/New_York")], label: "fix")
-        #expect(await harness.deliveredCount(reaches: 2))
+        #expect(await harness.eventually {
+            (try? await store.procedure("P-z"))?.1.first { $0.stepID == "resume-activity" }?.state == .scheduled
+        })
+        harness.clock.set(Self.afternoon.addingTimeInterval(86400))
+        #expect(await harness.eventually { sender.messages.contains { $0.stepID == "resume-activity" } })
         await harness.settle()
         try await harness.stop()
         let (_, reminders) = try #require(try await store.procedure("P-z"))
-        #expect(reminders.first { $0.stepID == "ice" }?.state == .delivered)
-        #expect(reminders.first { $0.stepID == "activity" }?.state == .delivered)
+        #expect(reminders.first { $0.stepID == "resume-activity" }?.state == .delivered)
         #expect(!reminders.contains { $0.lastError?.contains("+05:30") == true })
     }
 }

@@ -35,7 +35,7 @@ private final class IntakeBench: Sendable {
         }
         let intake = Intake(spool: spool, store: store, config: config, clock: harness.clock,
                             logger: Logger(label: "test", factory: { _ in handler }))
-        return await intake.run() != nil
+        return await intake.run().retryAt != nil
     }
 
     func incoming(_ name: String) -> String { spool.incoming.path + "/" + name }
