@@ -3,6 +3,9 @@ import AftercareCore
 import ArgumentParser
 import Foundation
 
+/// The release version: the one place it is set (`aftercare --version`, and scripts/package reads it here).
+let aftercareVersion = "0.1.0"
+
 /// `aftercare`: the daemon and the staff commands in one binary.
 @main
 struct Aftercare: AsyncParsableCommand {
@@ -14,6 +17,7 @@ struct Aftercare: AsyncParsableCommand {
             daemon writes the database. The configuration comes from --config, else $AFTERCARE_CONFIG, \
             else /etc/aftercare/aftercare.toml.
             """,
+        version: aftercareVersion,
         subcommands: [
             DaemonCommand.self, AddCommand.self, ListCommand.self, ShowCommand.self, CancelCommand.self,
             RescheduleCommand.self, ReplayCommand.self, StatusCommand.self, ConfigCommand.self,
