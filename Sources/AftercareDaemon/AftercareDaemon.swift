@@ -386,8 +386,9 @@ public final class AftercareDaemon: Service, Sendable {
                         deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
                             .compactMap { $0 }.compactMap { $0 }.min()
                     }
-                    // The next ping is due one interval after the last one, however long this pass took.
-                    var limitReal = notifier.watchdogInterval.map { max(.milliseconds(1), lastPing + $0 - .now) }
+                    // The notifier sends a ping at most every half interval: turning at least that often
+                    // (counted from the last turn that pinged) keeps sent pings within one interval.
+                    var limitReal = notifier.watchdogInterval.map { max(.milliseconds(1), lastPing + $0 / 2 - .now) }
                     if let retryAt = storageRetryAt, storagePaused {
                         limitReal = min(limitReal ?? Self.storageRetry, max(.milliseconds(1), retryAt - .now))
                     } else if firstUnrecorded != nil {

@@ -96,3 +96,21 @@ struct IntakeCodecTests {
         #expect(ContactMask.mask("abc") == "***")
     }
 }
+
+@Suite("Request size")
+struct RequestSizeTests {
+    @Test("a request line over 64 KiB is refused by its length, before any parsing, with its line number")
+    func hugeLineRefused() {
+        let small = #"{"kind":"cancel","procedure_id":"P-1"}"#
+        let huge = #"{"procedure_id":""# + String(repeating: "P", count: 70 * 1024) + #""}"#
+        let data = Data((small + "\n" + huge + "\n").utf8)
+        #expect(throws: IntakeError.self) { try IntakeCodec.decode(data) }
+        do {
+            _ = try IntakeCodec.decode(data)
+        } catch {
+            #expect(error.description.contains("line 2: a request of \(huge.utf8.count) bytes"), "\(error)")
+        }
+        // The file's stated requester is not looked for in a line that size either.
+        #expect(IntakeCodec.requestedBy(Data(huge.utf8)) == nil)
+    }
+}

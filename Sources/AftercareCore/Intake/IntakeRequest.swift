@@ -143,21 +143,35 @@ public enum IntakeCodec {
         let nonBlank = lines.enumerated().filter { !$0.element.allSatisfy(isSpace) }
         guard !nonBlank.isEmpty else { throw IntakeError(problem: "the file is empty") }
         // A single pretty-printed object spans lines; JSON Lines has one object per line.
-        if nonBlank.count > 1, (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+        if nonBlank.count > 1, data.count <= maxRequestBytes,
+            (try? JSONSerialization.jsonObject(with: data)) is [String: Any]
+        {
             return [try decodeOne(data, line: nil)]
         }
         var requests: [IntakeRequest] = []
         requests.reserveCapacity(nonBlank.count)
         for (offset, line) in nonBlank {
-            requests.append(try decodeOne(Data(line), line: nonBlank.count > 1 ? offset + 1 : nil))
+            let number = nonBlank.count > 1 ? offset + 1 : nil
+            // Refused before parsing: a parser holds several copies of what it reads, so a huge line
+            // would cost many times its size in memory.
+            guard line.count <= maxRequestBytes else {
+                throw IntakeError(
+                    problem: (number.map { "line \($0): " } ?? "") + "a request of \(line.count) bytes; "
+                        + "one request is at most \(maxRequestBytes / 1024) KiB")
+            }
+            requests.append(try decodeOne(Data(line), line: number))
         }
         return requests
     }
 
+    /// The most one request (one line of JSON Lines, or one pretty-printed object) may hold. A real
+    /// one is a few hundred bytes.
+    public static let maxRequestBytes = 64 * 1024
+
     /// Who a file's requests say asked for them (`requested_by`, written by the staff commands),
     /// if any line says so. Self-declared: the daemon prefers the file's owner when it can see it.
     public static func requestedBy(_ data: Data) -> String? {
-        for line in data.split(separator: UInt8(ascii: "\n")).prefix(1) {
+        for line in data.split(separator: UInt8(ascii: "\n")).prefix(1) where line.count <= maxRequestBytes {
             if let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
                 let name = object["requested_by"] as? String,
                 (try? InputRules.checkActor(name, field: "requested_by")) != nil

@@ -96,7 +96,9 @@ public final class SystemdNotifier: ServiceManagerNotifier {
         guard let interval = watchdogInterval else { return }
         let now = ContinuousClock.now
         let due = lastPing.withLock { last -> Bool in
-            if let previous = last, now - previous < interval { return false }
+            // The pipeline turns at least every half interval; sending at most every half interval
+            // keeps two pings at most one interval apart (half of WATCHDOG_USEC) without flooding.
+            if let previous = last, now - previous < interval / 2 { return false }
             last = now
             return true
         }
