@@ -3,18 +3,32 @@ import Foundation
 
 /// How the CLI shows times and tables.
 enum Show {
-    /// `Wed Nov 25 14:30` in `zone`.
-    static func local(_ date: Date, _ zone: TimeZone) -> String {
+    /// `Wed Nov 25 14:30` in `zone`, with the year (`Wed Nov 25 2025 14:30`) when it is not the year of
+    /// `now` there.
+    static func local(_ date: Date, _ zone: TimeZone, now: Date = Date()) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = zone
+        let sameYear = calendar.component(.year, from: date) == calendar.component(.year, from: now)
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = zone
-        formatter.dateFormat = "EEE MMM d HH:mm"
+        formatter.dateFormat = sameYear ? "EEE MMM d HH:mm" : "EEE MMM d yyyy HH:mm"
         return formatter.string(from: date)
     }
 
     /// `Wed Nov 25 14:30 EST`.
-    static func localWithZone(_ date: Date, _ zone: TimeZone) -> String {
-        local(date, zone) + " " + (zone.abbreviation(for: date) ?? zone.identifier)
+    static func localWithZone(_ date: Date, _ zone: TimeZone, now: Date = Date()) -> String {
+        local(date, zone, now: now) + " " + zoneName(zone, at: date)
+    }
+
+    /// The zone as people read it: its usual abbreviation (EST, CET) when it has a lettered one, else
+    /// its name (`Asia/Tokyo`), never a bare offset like `GMT+9`.
+    static func zoneName(_ zone: TimeZone, at date: Date) -> String {
+        if let abbreviation = zone.abbreviation(for: date), !abbreviation.isEmpty,
+            abbreviation.allSatisfy({ $0.isASCII && $0.isLetter }) {
+            return abbreviation
+        }
+        return zone.identifier
     }
 
     /// Left-aligned columns separated by two spaces, no wider than needed.
