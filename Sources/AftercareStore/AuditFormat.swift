@@ -78,7 +78,8 @@ public enum AuditFormat {
             }
             lines.append(
                 cut(formatter.string(from: entry.at), 14) + "  " + cut(entry.event.rawValue, 9) + "  "
-                    + cut(reminder, 20) + "  " + cut(destination, 16) + "  " + UntrustedText.escaped(result, limit: UntrustedText.reasonLimit)
+                    + cut(reminder, 20) + "  " + cut(destination, 16) + "  "
+                    + UntrustedText.escaped(result, limit: UntrustedText.reasonLimit)
             )
         }
         lines.append("(\(records.count) row(s); times in \(zone.identifier); --format jsonl shows every field)")

@@ -205,9 +205,9 @@ extension ReminderStore {
             case .reminder(let id):
                 let dot = id.lastIndex(of: ".")
                 sql += " AND procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)"
-                arguments += [
-                    exact(dot.map { String(id[..<$0]) } ?? id), exact(dot.map { String(id[id.index(after: $0)...]) } ?? ""),
-                ]
+                let procedureID = dot.map { String(id[..<$0]) } ?? id
+                let stepID = dot.map { String(id[id.index(after: $0)...]) } ?? ""
+                arguments += [exact(procedureID), exact(stepID)]
             case .procedure(let id):
                 sql += " AND procedure_id = CAST(? AS TEXT)"
                 arguments += [exact(id)]

@@ -93,7 +93,8 @@ enum ZoneAbbreviations {
         var timeSize = 4
         if bytes[4] >= UInt8(ascii: "2") {
             // Version 2 and later repeat the data with 64-bit times after the 32-bit block.
-            let (utc, std, leaps, times, types, chars) = (counts[0], counts[1], counts[2], counts[3], counts[4], counts[5])
+            let (utc, std, leaps) = (counts[0], counts[1], counts[2])
+            let (times, types, chars) = (counts[3], counts[4], counts[5])
             start += times * 5 + types * 6 + chars + leaps * 8 + std + utc
             guard let second = header(start), second.count == 6 else { return nil }
             counts = second

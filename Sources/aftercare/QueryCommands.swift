@@ -130,7 +130,8 @@ struct StatusCommand: AsyncParsableCommand {
         if format == .json {
             let report = StatusReport(
                 procedures: status.procedures, booked: status.booked, notPerformed: status.notPerformed,
-                reminders: Dictionary(uniqueKeysWithValues: ReminderState.allCases.map { ($0.rawValue, status.count($0)) }),
+                reminders: Dictionary(
+                    uniqueKeysWithValues: ReminderState.allCases.map { ($0.rawValue, status.count($0)) }),
                 dueNow: status.dueNow, retrying: status.retrying, failedTriesLastDay: status.failuresLastDay,
                 nextDue: status.nextDue, lastDelivery: status.lastDelivery,
                 spool: .init(

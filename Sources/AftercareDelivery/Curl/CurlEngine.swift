@@ -419,7 +419,9 @@ private let transferHeader: aftercare_curl_data_callback = { buffer, size, count
     guard let buffer else { return length }
     let line = String(decoding: UnsafeRawBufferPointer(start: buffer, count: length), as: UTF8.self)
     let code = line.utf8.prefix(4)
-    if code.count == 4, code.prefix(3).allSatisfy({ (0x30...0x39).contains($0) }), code.last == 0x20 || code.last == 0x2D {
+    let isReply = code.count == 4 && code.prefix(3).allSatisfy { (0x30...0x39).contains($0) }
+        && (code.last == 0x20 || code.last == 0x2D)
+    if isReply {
         // libcurl passes SMTP replies to the header callback: keep the latest, to quote the relay's own words.
         transfer.replies.append(line.trimmingCharacters(in: .whitespacesAndNewlines))
         if transfer.replies.count > 8 { transfer.replies.removeFirst() }
