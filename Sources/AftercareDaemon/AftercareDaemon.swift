@@ -452,6 +452,19 @@ public final class AftercareDaemon: Service, Sendable {
             return false
         }
         metrics.recorded(outcomes)
+        // A reminder that will not reach the patient is the line staff must not miss in the journal.
+        for (claimed, resolution) in outcomes {
+            let ending: (String, String)?
+            switch resolution {
+            case .dead(let reason), .attempted(_, next: .dead(let reason)): ending = ("dead", reason)
+            case .expired(let reason), .attempted(_, next: .expired(let reason)): ending = ("expired", reason)
+            default: ending = nil
+            }
+            guard let (state, reason) = ending else { continue }
+            let id = UntrustedText.escaped(ReminderID.make(procedureID: claimed.procedure.id, stepID: claimed.stepID))
+            logger.warning(
+                "reminder \(id) \(state): \(UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit))")
+        }
         logger.info(
             "dispatched \(outcomes.count) reminder(s)",
             metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })

@@ -38,18 +38,38 @@ enum Classification {
         }
     }
 
-    /// SMTP: 2xx delivered; 4xx replies and connection failures retry; 5xx replies fail.
+    /// SMTP: 2xx delivered; 4xx replies and connection failures retry; 5xx replies fail. A failure
+    /// quotes the relay's reply (`SMTP 550 5.1.1 No such user`); a relay that cannot secure the
+    /// connection (no STARTTLS, a TLS handshake that fails) is said as such, never with the
+    /// harmless-looking reply code that came before it.
     static func smtp(_ response: CurlResponse) -> SendResult {
         let reply = response.responseCode
         if response.succeeded {
             return SendResult(.delivered(detail: "SMTP \(reply)"), responseCode: reply)
         }
-        let reason = "SMTP\(reply > 0 ? " \(reply)" : ""): \(response.error) (curl \(response.code))"
-        if reply >= 500 || permanentCurlCodes.contains(UInt32(response.code)) {
-            return SendResult(.failed(reason: reason), responseCode: reply > 0 ? reply : nil)
+        let curl = "(curl \(response.code))"
+        let reason: String
+        if tlsFailureCodes.contains(UInt32(response.code)) {
+            reason = "cannot secure the connection to the relay: \(response.error) \(curl)"
+        } else if reply >= 400 {
+            let words = response.reply.isEmpty ? "\(reply) \(response.error)" : response.reply
+            reason = "SMTP " + InputRules.printable(String(words.prefix(300))) + " \(curl)"
+        } else {
+            // A 2xx or 3xx reply did not fail the send: the connection or libcurl did.
+            reason = "SMTP: \(response.error) \(curl)"
         }
-        return SendResult(.retry(after: nil, reason: reason), responseCode: reply > 0 ? reply : nil)
+        if reply >= 500 || permanentCurlCodes.contains(UInt32(response.code)) {
+            return SendResult(.failed(reason: reason), responseCode: reply >= 400 ? reply : nil)
+        }
+        return SendResult(.retry(after: nil, reason: reason), responseCode: reply >= 400 ? reply : nil)
     }
+
+    /// libcurl results that mean the connection could not be made secure.
+    static let tlsFailureCodes: Set<UInt32> = [
+        CURLE_USE_SSL_FAILED.rawValue, CURLE_SSL_CONNECT_ERROR.rawValue, CURLE_PEER_FAILED_VERIFICATION.rawValue,
+        CURLE_SSL_CACERT_BADFILE.rawValue, CURLE_SSL_CERTPROBLEM.rawValue, CURLE_SSL_ISSUER_ERROR.rawValue,
+        CURLE_SSL_PINNEDPUBKEYNOTMATCH.rawValue,
+    ]
 
     /// `Retry-After` as seconds from now: delta-seconds or an HTTP-date.
     static func retryAfter(_ value: String?, now: Date) -> TimeInterval? {

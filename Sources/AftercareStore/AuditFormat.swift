@@ -49,7 +49,8 @@ public enum AuditFormat {
         return lines.joined(separator: "\r\n")
     }
 
-    /// A table that fits an 80-column terminal: time, event, reminder, destination, result.
+    /// A table of fixed-width time, event, reminder and destination columns, then the result whole (escaped, on
+    /// one line) so a relay's reply is never cut off.
     public static func table(_ records: [LogRecord], zone: TimeZone, unmask: Bool) -> String {
         guard !records.isEmpty else { return "No matching log rows." }
         let formatter = DateFormatter()
@@ -77,7 +78,8 @@ public enum AuditFormat {
             }
             lines.append(
                 cut(formatter.string(from: entry.at), 14) + "  " + cut(entry.event.rawValue, 9) + "  "
-                    + cut(reminder, 20) + "  " + cut(destination, 16) + "  " + cut(result, 13).trimmingCharacters(in: .whitespaces)
+                    + cut(reminder, 20) + "  " + cut(destination, 16) + "  "
+                    + UntrustedText.escaped(result, limit: UntrustedText.reasonLimit)
             )
         }
         lines.append("(\(records.count) row(s); times in \(zone.identifier); --format jsonl shows every field)")

@@ -190,3 +190,32 @@ extension ReminderStore {
         )
     }
 }
+
+extension ReminderStore {
+    /// How many reminders a replay of `scope` would re-queue or mark expired now: dead ones, and
+    /// expired ones whose window is still open (the rule intake applies).
+    public func replayable(_ scope: ReplayScope, now: Date) async throws -> Int {
+        try await read { db in
+            var sql = """
+                SELECT COUNT(*) FROM reminder
+                WHERE (state = 'dead' OR (state = 'expired' AND expires_at > ?))
+                """
+            var arguments: StatementArguments = [now.timeIntervalSince1970]
+            switch scope {
+            case .reminder(let id):
+                let dot = id.lastIndex(of: ".")
+                sql += " AND procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)"
+                let procedureID = dot.map { String(id[..<$0]) } ?? id
+                let stepID = dot.map { String(id[id.index(after: $0)...]) } ?? ""
+                arguments += [exact(procedureID), exact(stepID)]
+            case .procedure(let id):
+                sql += " AND procedure_id = CAST(? AS TEXT)"
+                arguments += [exact(id)]
+            case .deadSince(let date):
+                sql += " AND updated_at >= ?"
+                arguments += [date.timeIntervalSince1970]
+            }
+            return try Int.fetchOne(db, sql: sql, arguments: arguments) ?? 0
+        }
+    }
+}

@@ -167,6 +167,11 @@ enum SpoolReceipt {
         case .taken:
             print("The daemon has taken it.")
         case .rejected(let reason):
+            // The refusal is answered here, to the person who made the request: the file need not wait
+            // in rejected/ for someone to find, nor count there as a problem with the intake.
+            let refused = spool.rejected.appendingPathComponent(name).path
+            unlink(refused)
+            unlink(refused + ".error")
             throw CLIError("the daemon refused it: \(reason)")
         case .waiting:
             FileHandle.standardError.write(

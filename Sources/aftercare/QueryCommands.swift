@@ -84,14 +84,25 @@ struct ShowCommand: AsyncParsableCommand {
             print("Route \(index + 1)   \(route.channel) \(address)\(route.optedOut ? "  (opted out)" : "")")
         }
         print("")
-        let rows = reminders.map { reminder -> [String] in
+        // The protocol's own step order, which staff know the care by; steps it no longer has come last.
+        let order = config.protocols[procedure.protocolID]?.steps.map(\.id) ?? []
+        let rank = { (step: String) in order.firstIndex(of: step) ?? order.count }
+        let ordered = reminders.enumerated().sorted { left, right in
+            (rank(left.element.stepID), left.offset) < (rank(right.element.stepID), right.offset)
+        }.map(\.element)
+        let rows = ordered.map { reminder -> [String] in
             [
-                reminder.stepID, reminder.state.rawValue, Show.local(reminder.dueAt, zone),
-                Show.local(reminder.expiresAt, zone), String(reminder.attempts), reminder.lastError ?? "",
+                reminder.stepID, reminder.state.rawValue, Show.localWithZone(reminder.dueAt, zone),
+                Show.localWithZone(reminder.expiresAt, zone), String(reminder.attempts), reminder.lastError ?? "",
             ]
         }
         print(Show.table(["STEP", "STATE", "DUE", "WINDOW ENDS", "TRIES", "LAST ERROR"], rows))
     }
+}
+
+/// How a command prints what it found.
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
 }
 
 struct StatusCommand: AsyncParsableCommand {
@@ -99,6 +110,9 @@ struct StatusCommand: AsyncParsableCommand {
         commandName: "status", abstract: "Queue depth, next due, failures and the last delivery.")
 
     @OptionGroup var options: ConfigOption
+
+    @Option(help: "text for people, json for scripts (times in RFC 3339 UTC).")
+    var format: OutputFormat = .text
 
     func run() async throws {
         let config = try options.load()
@@ -110,6 +124,30 @@ struct StatusCommand: AsyncParsableCommand {
         let waiting = (try? spool.pendingFiles().count) ?? 0
         let rejected = ((try? FileManager.default.contentsOfDirectory(atPath: spool.rejected.path)) ?? [])
             .filter { $0.hasSuffix(".error") }.count
+        var folder = stat()
+        let intakeStopped = lstat(spool.incoming.path, &folder) != 0 || (folder.st_mode & S_IFMT) != S_IFDIR
+        let daemonIdle = status.dueNow > 0 && waiting > 0
+        if format == .json {
+            let report = StatusReport(
+                procedures: status.procedures, booked: status.booked, notPerformed: status.notPerformed,
+                reminders: Dictionary(
+                    uniqueKeysWithValues: ReminderState.allCases.map { ($0.rawValue, status.count($0)) }),
+                dueNow: status.dueNow, retrying: status.retrying, failedTriesLastDay: status.failuresLastDay,
+                nextDue: status.nextDue, lastDelivery: status.lastDelivery,
+                spool: .init(
+                    waiting: waiting, rejected: rejected, rejectedFolder: spool.rejected.path,
+                    intakeStopped: intakeStopped),
+                workWaiting: daemonIdle)
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            encoder.dateEncodingStrategy = .custom { date, encoder in
+                var container = encoder.singleValueContainer()
+                try container.encode(date.formatted(Date.ISO8601FormatStyle(timeZone: .gmt)))
+            }
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
         var lines: [(String, String)] = [
             ("Procedures", "\(status.procedures)"),
             ("Booked", "\(status.booked) appointment(s) not yet performed"),
@@ -122,20 +160,64 @@ struct StatusCommand: AsyncParsableCommand {
             ("Cancelled", "\(status.count(.cancelled))"),
             ("Skipped", "\(status.count(.skipped))"),
             ("Failed tries (24 h)", "\(status.failuresLastDay)"),
-            ("Next due", status.nextDue.map { Show.localWithZone($0, zone) } ?? "nothing scheduled"),
-            ("Last delivery", status.lastDelivery.map { Show.localWithZone($0, zone) } ?? "none yet"),
+            ("Next due", status.nextDue.map { Show.localWithZone($0, zone, now: now) } ?? "nothing scheduled"),
+            ("Last delivery", status.lastDelivery.map { Show.localWithZone($0, zone, now: now) } ?? "none yet"),
             ("Spool waiting", "\(waiting) file(s)"),
             ("Spool rejected", "\(rejected) file(s)\(rejected > 0 ? "  (see \(spool.rejected.path))" : "")"),
         ]
-        var folder = stat()
-        if lstat(spool.incoming.path, &folder) != 0 || (folder.st_mode & S_IFMT) != S_IFDIR {
+        if intakeStopped {
             lines.append(("Spool problem", "\(spool.incoming.path) is missing or not a folder: intake is stopped "
                 + "until the daemon recreates it (see its journal)"))
         }
-        if status.dueNow > 0 && waiting > 0 {
+        if daemonIdle {
             lines.append(("Note", "work is waiting: is the daemon running?"))
         }
         let width = lines.map(\.0.count).max() ?? 0
         for (label, value) in lines { print(label.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value) }
+    }
+}
+
+/// `aftercare status --format json`: every figure of the text form, for scripts.
+struct StatusReport: Encodable {
+    /// The spool's figures.
+    struct SpoolFigures: Encodable {
+        var waiting: Int
+        var rejected: Int
+        var rejectedFolder: String
+        var intakeStopped: Bool
+    }
+
+    var procedures: Int
+    var booked: Int
+    var notPerformed: Int
+    /// Reminders by state, every state present.
+    var reminders: [String: Int]
+    var dueNow: Int
+    var retrying: Int
+    var failedTriesLastDay: Int
+    var nextDue: Date?
+    var lastDelivery: Date?
+    var spool: SpoolFigures
+    /// Reminders are due and spool files wait: the daemon may not be running.
+    var workWaiting: Bool
+
+    func encode(to encoder: any Encoder) throws {
+        // Absent times are written as null rather than left out, so scripts see every key.
+        enum Key: String, CodingKey {
+            case procedures, booked, notPerformed, reminders, dueNow, retrying, failedTriesLastDay, nextDue,
+                lastDelivery, spool, workWaiting
+        }
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(procedures, forKey: .procedures)
+        try container.encode(booked, forKey: .booked)
+        try container.encode(notPerformed, forKey: .notPerformed)
+        try container.encode(reminders, forKey: .reminders)
+        try container.encode(dueNow, forKey: .dueNow)
+        try container.encode(retrying, forKey: .retrying)
+        try container.encode(failedTriesLastDay, forKey: .failedTriesLastDay)
+        try container.encode(nextDue, forKey: .nextDue)
+        try container.encode(lastDelivery, forKey: .lastDelivery)
+        try container.encode(spool, forKey: .spool)
+        try container.encode(workWaiting, forKey: .workWaiting)
     }
 }

@@ -120,6 +120,9 @@ struct CancelCommand: AsyncParsableCommand {
         if let (view, reminders) = try await checkKnown(procedureID, config: config) {
             if view.status == "cancelled" { throw CLIError("procedure \(procedureID) is already cancelled") }
             let pending = reminders.filter { $0.state.isPending }.count
+            if pending == 0 && view.status != "booked" {
+                throw CLIError("nothing to cancel: procedure \(procedureID) has no pending reminders")
+            }
             print("Cancelling \(pending) pending reminder(s) of procedure \(procedureID).")
         }
         try submit(.cancel(procedureID: procedureID, reason: reason), label: procedureID, config: config, wait: wait)
@@ -214,6 +217,23 @@ struct ReplayCommand: AsyncParsableCommand {
             }
             scope = .deadSince(date)
         }
+        // Said here, before anything is queued: a replay that would change nothing is a mistake to
+        // report, not a request for the daemon to refuse (which would leave a file in rejected/).
+        if StaffAccess.readDenied(config.paths.database) == nil,
+            let store = try? ReminderStore(path: config.paths.database, readOnly: true),
+            try await store.replayable(scope, now: Date()) == 0
+        {
+            throw CLIError("nothing to replay: \(Self.nothing(scope))")
+        }
         try submit(.replay(scope), label: "replay", config: config, wait: wait)
+    }
+
+    private static func nothing(_ scope: ReplayScope) -> String {
+        let rule = "(only dead reminders, or expired ones whose window is still open, are replayed)"
+        return switch scope {
+        case .reminder(let id): "reminder \(id) is neither dead nor expired within its window"
+        case .procedure(let id): "procedure \(id) has no dead reminder \(rule)"
+        case .deadSince(let date): "no reminder died since \(Timestamp.format(date, in: .gmt)) \(rule)"
+        }
     }
 }

@@ -47,8 +47,10 @@ struct CLITests {
             let formatter = DateFormatter()
             formatter.locale = Locale(identifier: "en_US_POSIX")
             formatter.timeZone = berlin
-            formatter.dateFormat = "EEE MMM d"
             let date = calendar.date(byAdding: .day, value: daysLater, to: dayBefore)!
+            // The year is shown only when it is not this one.
+            let sameYear = calendar.component(.year, from: date) == calendar.component(.year, from: Date())
+            formatter.dateFormat = sameYear ? "EEE MMM d" : "EEE MMM d yyyy"
             return formatter.string(from: date) + String(format: " %02d:30", hour)
         }
         // +24 h is 24 real hours: across the change the local clock reads an hour later or earlier.

@@ -120,6 +120,10 @@ struct WebhookEndToEndTests {
         #expect(harness.eventually(timeout: 20) {
             (try? harness.run(["status"]).stdout.range(of: #"Dead\s+2"#, options: .regularExpression)) != nil
         })
+        // Each reminder that died is its own warning line in the journal, saying which and why.
+        let warnings = harness.daemonLog.split(separator: "\n").filter { $0.contains(" warning reminder W-2.") }
+        #expect(warnings.contains { $0.hasSuffix(" warning reminder W-2.ice dead: HTTP 410") }, "\(harness.daemonLog)")
+        #expect(warnings.count == 2, "\(harness.daemonLog)")
         let replay = try harness.run(["replay", "--reminder", "W-2.ice"])
         #expect(replay.status == 0, "\(replay.stderr)")
         #expect(replay.stdout.contains("The daemon has taken it."))

@@ -47,7 +47,7 @@ struct SMTPSenderTests {
         #expect((mail["text"] as? String)?.replacingOccurrences(of: "\r\n", with: "\n").trimmingCharacters(in: .newlines) == body)
     }
 
-    @Test("SMTP faults: 451 and 421 retry, 550 fails, a connection dropped after the message retries")
+    @Test("SMTP faults: 451 and 421 retry, 550 fails quoting the relay, a connection dropped after the message retries")
     func faults() async throws {
         let server = try server()
         let sender = try smtp(server)
@@ -61,7 +61,8 @@ struct SMTPSenderTests {
         let rejected = await sender.send(message(to: "reject@example.org", channel: "email"))
         guard case .failed(let rejectReason) = rejected.outcome else { Issue.record("550: \(rejected)"); return }
         #expect(rejected.responseCode == 550)
-        #expect(rejectReason.hasPrefix("SMTP 550"))
+        #expect(rejectReason.hasPrefix("SMTP 550 5.1.1 No such user here"))
+        #expect(tempReason.contains("451 4.7.1 Greylisted, try again later"))
         let dropped = await sender.send(message(to: "drop@example.org", channel: "email"))
         guard case .retry = dropped.outcome else { Issue.record("drop: \(dropped)"); return }
         #expect(server.messages().isEmpty)
@@ -97,6 +98,9 @@ struct SMTPSenderTests {
         let required = await (try smtp(plain, insecure: false)).send(message(to: "ana@example.org", channel: "email"))
         guard case .failed(let reason) = required.outcome else { Issue.record("\(required)"); return }
         #expect(reason.contains("curl 64"))
+        #expect(reason.hasPrefix("cannot secure the connection to the relay"))
+        #expect(!reason.contains("250"))
+        #expect(required.responseCode == nil)
         let certificates = try TestCertificates()
         let secure = try server(tls: certificates)
         let result = await (try smtp(secure, tls: certificates, insecure: false)).send(message(to: "ana@example.org", channel: "email"))

@@ -196,7 +196,8 @@ struct DeliveryLogTests {
         #expect(object["error"] as? String == "451 4.7.1 \"greylisted\", try later\r\nsecond line")
         #expect(!json.contains("\n"))
         let table = AuditFormat.table([record], zone: TimeZone(identifier: "America/New_York")!, unmask: false)
-        #expect(table.split(separator: "\n").allSatisfy { $0.count <= 80 })
+        // Fixed-width columns, then the result whole: the relay's reply, escaped onto one line.
+        #expect(table.contains("retry 451 451 4.7.1 \"greylisted\", try later\\r\\nsecond line"), "\(table)")
         #expect(table.contains("j***@example.org"))
         #expect(!table.contains("jane"))
     }
@@ -242,5 +243,17 @@ struct AuditTableEscapingTests {
         let table = AuditFormat.table([LogRecord(seq: 1, entry: entry, hash: LogChain.genesis)], zone: .gmt, unmask: false)
         #expect(!table.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\r" || $0 == "\u{202E}" })
         #expect(table.split(separator: "\n").count == 3)  // header, the row, the footer
+    }
+
+    @Test("the result column is shown whole, however long the relay's reply")
+    func resultNotCutOff() {
+        var entry = LogEntry(at: Fixture.base, event: .attempt, procedureID: "P-1", stepID: "checkin-24h")
+        entry.outcome = "failed"
+        entry.responseCode = 550
+        entry.error = "SMTP 550 5.1.1 <ana@example.org>: Recipient address rejected: User unknown in virtual mailbox table"
+        let table = AuditFormat.table([LogRecord(seq: 1, entry: entry, hash: LogChain.genesis)], zone: .gmt, unmask: false)
+        let row = table.split(separator: "\n")[1]
+        #expect(row.hasSuffix("failed 550 " + entry.error!), "\(table)")
+        #expect(!row.contains("…"))
     }
 }

@@ -39,6 +39,8 @@ public struct CurlResponse: Sendable {
     public var headers: [String: String]
     /// The start of the response body (at most 64 KiB).
     public var body: Data
+    /// The receiver's last reply line carrying `responseCode` (SMTP: `550 5.1.1 No such user`), empty if none.
+    public var reply: String = ""
 
     public var succeeded: Bool { code == Int32(CURLE_OK.rawValue) }
 }
@@ -287,6 +289,8 @@ final class Transfer: SlotHolder, @unchecked Sendable {
     private var uploadOffset = 0
     var body = Data()
     var headers: [String: String] = [:]
+    /// The last few SMTP reply lines (`250-…`, `550 …`), newest last.
+    var replies: [String] = []
     /// Set once the continuation has been resumed; guarded by the engine thread (or by being the
     /// only owner before the transfer is queued).
     private let finished = Mutex(false)
@@ -396,7 +400,7 @@ final class Transfer: SlotHolder, @unchecked Sendable {
         let text = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
         finish(CurlResponse(
             code: Int32(code.rawValue), error: code == CURLE_OK ? "" : text, responseCode: status, headers: headers,
-            body: body))
+            body: body, reply: replies.last { $0.hasPrefix(String(status)) } ?? ""))
     }
 }
 
@@ -414,7 +418,14 @@ private let transferHeader: aftercare_curl_data_callback = { buffer, size, count
     let length = size * count
     guard let buffer else { return length }
     let line = String(decoding: UnsafeRawBufferPointer(start: buffer, count: length), as: UTF8.self)
-    if line.hasPrefix("HTTP/") {
+    let code = line.utf8.prefix(4)
+    let isReply = code.count == 4 && code.prefix(3).allSatisfy { (0x30...0x39).contains($0) }
+        && (code.last == 0x20 || code.last == 0x2D)
+    if isReply {
+        // libcurl passes SMTP replies to the header callback: keep the latest, to quote the relay's own words.
+        transfer.replies.append(line.trimmingCharacters(in: .whitespacesAndNewlines))
+        if transfer.replies.count > 8 { transfer.replies.removeFirst() }
+    } else if line.hasPrefix("HTTP/") {
         transfer.headers = [:]  // a new response (after 100 Continue, say): keep only the last one's headers
     } else if let colon = line.firstIndex(of: ":") {
         let name = line[..<colon].lowercased()
