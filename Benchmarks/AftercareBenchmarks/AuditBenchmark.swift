@@ -17,7 +17,7 @@ struct AuditBenchmark {
         let bench = try Workbench(name: "audit")
         defer { bench.remove() }
         let procedures = (rows + 6) / 7
-        try bench.spoolProcedures(procedures, perFile: 5000, performedAt: Date().addingTimeInterval(-10 * 86400))
+        try bench.spoolProcedures(procedures, perFile: 5000, performedAt: Date().addingTimeInterval(-10 * 86400), force: true)
         let config = try AftercareConfiguration.load(path: bench.configPath)
         let store = try ReminderStore(path: config.paths.database)
         var logger = Logger(label: "bench")
@@ -25,7 +25,7 @@ struct AuditBenchmark {
         let spool = Spool(root: config.paths.spool)
         let intake = Intake(spool: spool, store: store, config: config, clock: SystemClock(), logger: logger)
         let buildStart = ContinuousClock.now
-        while !(try spool.pendingFiles().isEmpty) { _ = await intake.run() }
+        try await bench.drainSpool(intake)
         let built = seconds(since: buildStart)
         let head = try await store.logHead()
 

@@ -49,7 +49,7 @@ struct DeliveryBenchmark {
             var logger = Logger(label: "bench")
             logger.logLevel = .warning
             let intake = Intake(spool: Spool(root: config.paths.spool), store: store, config: config, clock: SystemClock(), logger: logger)
-            while !(try Spool(root: config.paths.spool).pendingFiles().isEmpty) { _ = await intake.run() }
+            try await bench.drainSpool(intake)
         }
         let expected = procedures * 2
         let seenBefore = receiver.requestCount()

@@ -26,7 +26,7 @@ struct IngestBenchmark {
         let intake = Intake(spool: spool, store: store, config: config, clock: SystemClock(), logger: logger)
 
         let start = ContinuousClock.now
-        while !(try spool.pendingFiles().isEmpty) { _ = await intake.run() }
+        try await bench.drainSpool(intake)
         let elapsed = seconds(since: start)
 
         let status = try await store.status(now: performed)

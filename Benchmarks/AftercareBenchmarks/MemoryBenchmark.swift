@@ -17,10 +17,12 @@ struct MemoryBenchmark {
     }
 
     private func scheduled() throws {
-        let bench = try Workbench(name: "memory")
+        // Performed now, under a protocol whose steps all come a day or more later: everything is
+        // scheduled and nothing is due. (A performed time days ahead, as before, is refused at intake.)
+        let bench = try Workbench(name: "memory", laterSteps: true)
         defer { bench.remove() }
         let procedures = (reminders + 5) / 6
-        try bench.spoolProcedures(procedures, perFile: 2000, performedAt: Date().addingTimeInterval(7 * 86400))
+        try bench.spoolProcedures(procedures, perFile: 2000, performedAt: Date())
         let daemon = try DaemonProcess(configPath: bench.configPath, logPath: bench.root + "/daemon.log")
         defer { daemon.stop() }
         let start = ContinuousClock.now

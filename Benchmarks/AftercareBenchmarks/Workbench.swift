@@ -1,4 +1,5 @@
 import AftercareCore
+import AftercareDaemon
 import Foundation
 
 /// A throw-away clinic: a config, a state folder, and the repository's default protocol.
@@ -17,10 +18,33 @@ struct Workbench {
         return URL(fileURLWithPath: executable).deletingLastPathComponent()
     }
 
-    init(name: String, outbox: String? = nil, senders: String? = nil, channels: String? = nil, dispatch: String = "") throws {
+    /// - Parameter laterSteps: plan with a protocol of the same id whose six steps all fall 24 h or more
+    ///   after the procedure, so procedures performed now leave every reminder scheduled and none due.
+    init(
+        name: String, outbox: String? = nil, senders: String? = nil, channels: String? = nil, dispatch: String = "",
+        laterSteps: Bool = false
+    ) throws {
         root = NSTemporaryDirectory() + "aftercare-bench-\(name)-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
+        var protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
+        if laterSteps {
+            protocolFile = root + "/later-steps.toml"
+            var text = "id = \"trigger-point-injection\"\ntitle = \"Benchmark: every step a day or more after\"\n"
+            for (index, hours) in [24, 30, 36, 48, 60, 72].enumerated() {
+                text += """
+
+                    [[steps]]
+                    id = "step-\(index + 1)"
+                    at = "+\(hours)h"
+                    valid_for = "12h"
+                    channels = ["sms", "email"]
+                    subject = "Aftercare from {clinic_name}"
+                    body = "Hi {first_name}, a reminder from {clinic_name}: {clinic_phone}"
+
+                    """
+            }
+            try text.write(toFile: protocolFile, atomically: true, encoding: .utf8)
+        }
         let config = """
             [clinic]
             name = "Benchmark Clinic"
@@ -42,14 +66,30 @@ struct Workbench {
             \(dispatch)
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        try FileManager.default.createDirectory(atPath: state + "/spool/incoming", withIntermediateDirectories: true)
+        try Spool(root: state + "/spool").prepare()
+    }
+
+    /// Runs intake passes until the spool is empty; throws if a pass takes nothing (a refused file
+    /// would otherwise keep the benchmark waiting forever).
+    func drainSpool(_ intake: Intake) async throws {
+        let spool = Spool(root: state + "/spool")
+        var waiting = try spool.pendingFiles().count
+        while waiting > 0 {
+            _ = await intake.run()
+            let now = try spool.pendingFiles().count
+            if now >= waiting {
+                throw BenchError("intake took none of the \(now) waiting file(s); see \(state)/spool/rejected")
+            }
+            waiting = now
+        }
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: root) }
 
     /// Writes `count` procedures performed at `performedAt` into the spool as JSON Lines files of
     /// `perFile` procedures each.
-    func spoolProcedures(_ count: Int, perFile: Int, performedAt: Date, prefix: String = "B") throws {
+    /// With `force`, the records say so: a time so far back that nothing will be sent is recorded anyway.
+    func spoolProcedures(_ count: Int, perFile: Int, performedAt: Date, prefix: String = "B", force: Bool = false) throws {
         let when = Timestamp.format(performedAt, in: TimeZone(identifier: "America/New_York")!)
         var file = 0
         var index = 0
@@ -58,6 +98,7 @@ struct Workbench {
             text.reserveCapacity(perFile * 260)
             for _ in 0..<min(perFile, count - index) {
                 text += #"{"procedure_id":"\#(prefix)-\#(index)","protocol":"trigger-point-injection","performed_at":"\#(when)","#
+                if force { text += #""force":true,"# }
                 text += #""patient":{"id":"MRN-\#(index % 50_000)","first_name":"Ana","time_zone":"America/New_York","#
                 text += #""routes":[{"channel":"sms","to":"+1555\#(String(format: "%07d", index % 10_000_000))"}]}}"#
                 text += "\n"
