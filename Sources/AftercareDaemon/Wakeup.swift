@@ -49,8 +49,6 @@ final class Wakeup: Sendable {
         }
     }
 
-    func peek() -> Set<WakeReason> { state.withLock { $0.pending } }
-
     /// The current signal count; pass it to `wait(…since:)` to return at once on any later signal.
     var generation: UInt64 { state.withLock { $0.generation } }
 

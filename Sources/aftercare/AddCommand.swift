@@ -65,23 +65,10 @@ struct AddCommand: AsyncParsableCommand {
         let zone = TimeZone(identifier: zoneID)!
         let performed = try Show.parseTime(performedAt, zone: zone, option: "--performed-at")
         guard !routes.isEmpty else { throw CLIError("--route: at least one contact route is needed, e.g. --route sms:+15551234567") }
-        var contactRoutes: [ContactRoute] = []
-        for text in routes {
-            guard let colon = text.firstIndex(of: ":") else {
-                throw CLIError("--route: '\(InputRules.printable(text))' is not CHANNEL:ADDRESS, e.g. sms:+15551234567")
-            }
-            let channel = String(text[..<colon])
-            contactRoutes.append(
-                ContactRoute(channel: channel, address: String(text[text.index(after: colon)...]),
-                             optedOut: optOuts.contains(channel))
-            )
-        }
-        for channel in optOuts where !contactRoutes.contains(where: { $0.channel == channel }) {
-            throw CLIError("--opt-out: the patient has no '\(InputRules.printable(channel))' route")
-        }
+        let parsedRoutes = try contactRoutes(routes, optOuts: optOuts)
         let procedure = Procedure(
             id: procedureID, protocolID: protocolID, performedAt: performed,
-            patient: Patient(id: patientID, firstName: firstName, timeZone: zoneID, routes: contactRoutes)
+            patient: Patient(id: patientID, firstName: firstName, timeZone: zoneID, routes: parsedRoutes)
         )
         do {
             try procedure.validate()

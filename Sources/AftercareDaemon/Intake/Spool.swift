@@ -425,22 +425,11 @@ public struct Spool: Sendable {
         let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o660)
         guard fd >= 0 else { throw SpoolError("cannot create \(url.path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let ok = data.withUnsafeBytes { buffer -> Bool in
-            var offset = 0
-            while offset < buffer.count {
-                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                offset += written
-            }
-            return true
-        }
-        guard ok, fsync(fd) == 0 else {
-            let code = errno
+        do {
+            try writeAll(data, to: fd, path: url.path)
+        } catch {
             unlink(url.path)
-            throw SpoolError("cannot write \(url.path): \(String(cString: strerror(code)))")
+            throw error
         }
     }
 
