@@ -117,6 +117,21 @@ struct ConfigAndAccessTests {
         #expect(verified.status == 0 && verified.stdout.contains("intact"), "\(verified.stdout)\(verified.stderr)")
     }
 
+    /// Points the harness's config at a copy of the protocol beside it: the checkout (a `mktemp -d`
+    /// clone, say) may be closed to other users, and `nobody` must be refused by the state folder's
+    /// permissions, not by the protocol's.
+    func protocolReadableByOthers(_ harness: CLIHarness) throws {
+        let original = CLIHarness.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml")
+        let copy = harness.root + "/trigger-point-injection.toml"
+        try FileManager.default.copyItem(atPath: original.path, toPath: copy)
+        chmod(copy, 0o644)
+        chmod(harness.root, 0o755)
+        let config = try String(contentsOfFile: harness.configPath, encoding: .utf8)
+        try config.replacingOccurrences(of: original.path, with: copy)
+            .write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        chmod(harness.configPath, 0o644)
+    }
+
     /// Runs the binary as `nobody`, as a user outside the staff group would.
     func runAsNobody(_ harness: CLIHarness, _ arguments: [String]) throws -> CLIHarness.Result {
         let process = Process()
@@ -140,6 +155,7 @@ struct ConfigAndAccessTests {
           .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
     func databasePermission() throws {
         let harness = try CLIHarness()
+        try protocolReadableByOthers(harness)
         try FileManager.default.createDirectory(atPath: harness.state, withIntermediateDirectories: true)
         let missing = try runAsNobody(harness, ["list"])
         #expect(missing.status != 0)
@@ -179,6 +195,7 @@ struct ConfigAndAccessTests {
           .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
     func spoolPermission() throws {
         let harness = try CLIHarness()
+        try protocolReadableByOthers(harness)
         for folder in ["tmp", "incoming", "rejected"] {
             try FileManager.default.createDirectory(
                 atPath: harness.state + "/spool/" + folder, withIntermediateDirectories: true)
