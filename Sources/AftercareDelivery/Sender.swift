@@ -15,6 +15,34 @@ import Foundation
 public protocol Sender: Sendable {
     /// Delivers one message and reports what happened.
     func send(_ message: OutboundMessage) async -> SendResult
+    /// Starts one send and returns at once; `completion` is called exactly once with the result,
+    /// on whatever thread finished the send. This is how the dispatch pipeline sends: completions
+    /// come back without a task per message, and the pipeline collects them in batches.
+    /// `ticket.cancel()` abandons the send if it has not finished (its result then comes back as a
+    /// `retry`, and the pipeline puts the reminder back as it was).
+    func submit(_ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void) -> SendTicket
     /// Lets in-flight sends finish and releases connections. No `send` follows it.
     func shutdown() async
+}
+
+extension Sender {
+    /// The default: one task per message, around ``send(_:)``. Senders built on the curl engine
+    /// hand the transfer to its thread directly instead.
+    public func submit(
+        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
+    ) -> SendTicket {
+        let task = Task { completion(await send(message)) }
+        return SendTicket { task.cancel() }
+    }
+}
+
+/// Cancels one submitted send. Cancelling twice, or after the send finished, does nothing.
+public struct SendTicket: Sendable {
+    private let cancelAction: @Sendable () -> Void
+
+    public init(cancel: @escaping @Sendable () -> Void) {
+        cancelAction = cancel
+    }
+
+    public func cancel() { cancelAction() }
 }
