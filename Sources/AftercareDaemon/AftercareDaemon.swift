@@ -26,12 +26,13 @@ public final class AftercareDaemon: Service, Sendable {
     private let logger: Logger
     private let notifier: any ServiceManagerNotifier
     private let makeSender: SenderMaker
-    private let metrics: DaemonMetrics
-    private let wakeup = Wakeup()
+    fileprivate let metrics: DaemonMetrics
+    /// The dispatch pipeline's events: signals posted here wake it.
+    private let dispatchEvents = Mailbox<PipelineMessage>()
     private let intakeWakeup = Wakeup()
     private let shuttingDown = Mutex(false)
-    private let runtime: Mutex<Runtime?> = Mutex(nil)
-    private let trouble = Mutex(Trouble())
+    fileprivate let runtime: Mutex<Runtime?> = Mutex(nil)
+    fileprivate let trouble = Mutex(Trouble())
     private let handlesSIGHUP: Bool
     /// When the log head was last written to the journal.
     private let lastWitness: Mutex<Date?> = Mutex(nil)
@@ -62,7 +63,7 @@ public final class AftercareDaemon: Service, Sendable {
     }
 
     /// Asks a running daemon to re-read its configuration, as SIGHUP does.
-    public func requestReload() { wakeup.signal(.reload) }
+    public func requestReload() { dispatchEvents.post(.signal(.reload)) }
 
     /// Asks a running daemon to stop, as graceful shutdown does.
     public func requestShutdown() {
@@ -71,7 +72,7 @@ public final class AftercareDaemon: Service, Sendable {
             return !flag
         }
         if first { notifier.stopping(status: "stopping: finishing deliveries under way") }
-        wakeup.signal(.shutdown)
+        dispatchEvents.post(.signal(.shutdown))
         intakeWakeup.signal(.shutdown)
     }
 
@@ -112,8 +113,10 @@ public final class AftercareDaemon: Service, Sendable {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 if handlesSIGHUP {
-                    group.addTask { [wakeup] in
-                        for await _ in await UnixSignalsSequence(trapping: .sighup) { wakeup.signal(.reload) }
+                    group.addTask { [dispatchEvents] in
+                        for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                            dispatchEvents.post(.signal(.reload))
+                        }
                     }
                 }
                 group.addTask {
@@ -121,7 +124,10 @@ public final class AftercareDaemon: Service, Sendable {
                         store: store, spool: spool, watcher: watcher, retryPending: firstRetryAt != nil)
                 }
                 group.addTask {
-                    try await self.dispatchLoop(store: store)
+                    await DispatchPipeline(
+                        store: store, clock: self.clock, logger: self.logger, notifier: self.notifier,
+                        metrics: self.metrics, mailbox: self.dispatchEvents, host: Host(daemon: self, store: store)
+                    ).run()
                 }
                 // Both loops end on shutdown; the SIGHUP listener is cancelled then.
                 try await group.next()
@@ -136,18 +142,6 @@ public final class AftercareDaemon: Service, Sendable {
     }
 
     private var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
-
-    /// One event in the dispatch pipeline: a send resolved, or the ticker saying "look again"
-    /// (something was signalled, a due time or lease expiry came, or outcomes wait to be recorded).
-    private enum PipelineEvent: Sendable {
-        case resolved(ClaimedReminder, Resolution)
-        /// A group of outcomes was written; `unwritten` holds it back when the store refused it.
-        case recorded(unwritten: [(ClaimedReminder, Resolution)])
-        case tick
-    }
-
-    /// How long the pipeline waits before it tries the store again after an error.
-    static let storageRetry = Duration.seconds(5)
 
     /// Picks the spool up whenever inotify says something arrived, independently of delivery, so a
     /// slow receiver never holds back intake. On every wake-up, and at least every
@@ -185,7 +179,7 @@ public final class AftercareDaemon: Service, Sendable {
             }
             if lastProblem == nil && (reasons.contains(.spool) || retryPending || restored) {
                 retryPending = await ingestSpool(spool: spool, store: store) != nil
-                wakeup.signal(.spool)
+                dispatchEvents.post(.signal(.spool))
             }
             let pause = lastProblem != nil ? Intake.folderRetrySeconds
                 : retryPending ? Intake.settleSeconds : Intake.folderCheckSeconds
@@ -194,290 +188,11 @@ public final class AftercareDaemon: Service, Sendable {
         }
     }
 
-    /// The dispatch pipeline. Up to `max_concurrent` sends are under way at once; as they finish,
-    /// more due reminders are claimed (in batches, under a lease) and outcomes are recorded in
-    /// groups, one group at a time, while the sends go on. Between times the pipeline sleeps until
-    /// the next due time, a lease expiry, or a signal. The watchdog is pinged from here, so a stalled
-    /// pipeline trips it.
-    private func dispatchLoop(store: ReminderStore) async throws {
-        var lastStatus = ContinuousClock.now - .seconds(60)
-        var finished: [(ClaimedReminder, Resolution)] = []
-        var firstUnrecorded: ContinuousClock.Instant?
-        var inFlight = 0
-        var tickerRunning = false
-        var dueExhausted = false
-        var graceDeadline: ContinuousClock.Instant?
-        var ticked = true
-        var nextLeaseCheck = ContinuousClock.now
-        let flushEvery = Duration.milliseconds(20)
-
-        var recording = false
-        var recoveryWanted = false
-        // Set while the store refuses work (a full disk, an I/O error, a lock held by another
-        // process): the pipeline tries again after a pause and, meanwhile, stops feeding the watchdog,
-        // so a fault that never clears ends in a restart by systemd instead of a daemon that only
-        // looks alive.
-        var storageFailingSince: ContinuousClock.Instant?
-        var lastPing = ContinuousClock.now
-        var storageRetryAt: ContinuousClock.Instant?
-        // Outcomes the store refused are waiting to be written: only writing them clears the fault.
-        var outcomesRefused = false
-        func storageFailed(_ what: String, _ error: any Error) {
-            trouble.withLock { $0.dispatchStore = "\(what): \(error)" }
-            lastStatus = .now - .seconds(60)  // say so in the status line at once
-            metrics.storageFailing("\(what): \(error)")
-            if storageFailingSince == nil {
-                storageFailingSince = .now
-                logger.error("\(what) failed: \(error); retrying every \(Self.storageRetry), watchdog paused")
-            } else {
-                logger.warning("\(what) still failing: \(error)")
-            }
-            storageRetryAt = .now + Self.storageRetry
-        }
-        func storageWorked() {
-            if trouble.withLock({ $0.dispatchStore }) != nil { lastStatus = .now - .seconds(60) }
-            trouble.withLock { $0.dispatchStore = nil }
-            metrics.storageWorks()
-            if let since = storageFailingSince {
-                logger.notice("the store works again after \(ContinuousClock.now - since); delivery resumes")
-            }
-            storageFailingSince = nil
-            storageRetryAt = nil
-        }
-        var storagePaused: Bool {
-            guard let retryAt = storageRetryAt else { return false }
-            return ContinuousClock.now < retryAt
-        }
-
-        /// Records the outcomes in hand as one group, in a child task, so sends and claims go on
-        /// meanwhile; the next group waits until this one is written.
-        func startRecording(_ group: inout ThrowingTaskGroup<PipelineEvent, any Error>) {
-            guard !recording, !finished.isEmpty, !storagePaused else { return }
-            let outcomes = finished
-            finished.removeAll(keepingCapacity: true)
-            firstUnrecorded = nil
-            recording = true
-            group.addTask { [self] in
-                // Not cancelled with the sends when the grace period ends: the outcomes must land.
-                let written = await Task { await self.record(outcomes, store: store) }.value
-                return .recorded(unwritten: written ? [] : outcomes)
-            }
-        }
-
-        try await withThrowingTaskGroup(of: PipelineEvent.self) { group in
-            while true {
-                // Fed only while the pipeline can make progress: neither dispatch nor intake has the
-                // store refusing its work.
-                let intakeStoreFailing = trouble.withLock { $0.intakeStore != nil }
-                if storageFailingSince == nil && !intakeStoreFailing {
-                    notifier.watchdogPing()
-                    lastPing = .now
-                }
-                metrics.pipelineTurned()
-                guard let current = runtime.withLock({ $0 }) else { return }
-                let dispatch = current.config.dispatch
-                let limit = max(1, dispatch.maxConcurrent)
-                let reasons = wakeup.take()
-                if !reasons.isEmpty { dueExhausted = false }
-                if reasons.contains(.reload) && !isShuttingDown { await reload(store: store) }
-                let stopping = isShuttingDown || reasons.contains(.shutdown)
-                if stopping && graceDeadline == nil {
-                    graceDeadline = .now + .seconds(dispatch.shutdownGrace)
-                }
-                if let deadline = graceDeadline, ContinuousClock.now >= deadline, inFlight > 0 {
-                    // The grace period is over: abandon the sends still under way; they come back
-                    // as released and stay due.
-                    group.cancelAll()
-                }
-                if let deadline = graceDeadline, ContinuousClock.now >= deadline, inFlight == 0, !recording,
-                    storageFailingSince != nil
-                {
-                    // Stopping, and the store still refuses the outcomes in hand: they cannot be
-                    // kept. Their claims come back at the next start (at-least-once, never lost).
-                    logger.error("stopping with \(finished.count) outcome(s) unrecorded: the store still fails")
-                    group.cancelAll()
-                    return
-                }
-                let now = clock.now()
-
-                if !stopping && !storagePaused {
-                    var usedStore = false
-                    do {
-                        // Leases last minutes: look for lapsed ones when the ticker fires (a due time,
-                        // a signal, the clock moving) and otherwise at most once a second, not after
-                        // every finished send.
-                        let checkLeases = ticked || ContinuousClock.now >= nextLeaseCheck
-                        if checkLeases {
-                            nextLeaseCheck = .now + .seconds(1)
-                            ticked = false
-                        }
-                        if checkLeases {
-                            usedStore = true
-                            if let lapse = try await store.nextLeaseExpiry(), lapse <= now { recoveryWanted = true }
-                        }
-                        if recoveryWanted {
-                            // Outcomes already in hand belong to live claims: they are recorded before
-                            // the lapsed ones (a clock that jumped forward) go back to the queue, and
-                            // nothing new is claimed until then.
-                            if recording || !finished.isEmpty {
-                                startRecording(&group)
-                            } else {
-                                recoveryWanted = false
-                                usedStore = true
-                                let count = try await store.recoverClaims(now: now)
-                                if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
-                            }
-                        }
-                        // Claim in batches, and only when a batch's worth of room (or all of it) is free.
-                        if !dueExhausted && !recoveryWanted && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
-                            let room = limit - inFlight
-                            var wanted = min(dispatch.batchSize, room)
-                            while wanted > 0 {
-                                usedStore = true
-                                let claimed = try await store.claimDue(
-                                    now: now, limit: wanted, leaseSeconds: dispatch.leaseSeconds)
-                                let dispatcher = Dispatcher(runtime: current, clock: clock, logger: logger)
-                                for reminder in claimed {
-                                    group.addTask {
-                                        let resolution = await dispatcher.resolve(reminder)
-                                        return .resolved(reminder, Task.isCancelled ? .released : resolution)
-                                    }
-                                }
-                                inFlight += claimed.count
-                                if claimed.count < wanted {
-                                    dueExhausted = true
-                                    break
-                                }
-                                wanted = min(dispatch.batchSize, limit - inFlight)
-                            }
-                        }
-                        if usedStore && !outcomesRefused { storageWorked() }
-                    } catch {
-                        // The daemon's own task was cancelled (not a graceful shutdown): stop here.
-                        if error is CancellationError || Task.isCancelled { return }
-                        // A database error (a full disk, a lock held too long): nothing is lost, the
-                        // claims already taken lapse and come back; try again after a pause.
-                        storageFailed("dispatch", error)
-                    }
-                }
-
-                if let first = firstUnrecorded, ContinuousClock.now - first >= flushEvery || inFlight == 0
-                    || finished.count >= dispatch.batchSize
-                {
-                    startRecording(&group)
-                }
-                if ContinuousClock.now - lastStatus > .seconds(5) {
-                    lastStatus = .now
-                    if let line = try? await statusLine(store) { notifier.status(line) }
-                }
-                if stopping && inFlight == 0 {
-                    startRecording(&group)
-                    if !recording {
-                        group.cancelAll()
-                        return
-                    }
-                }
-
-                if !tickerRunning {
-                    var deadline: Date?
-                    // Sleep until work falls due only when there is room to take it; otherwise the
-                    // next finished send wakes the pipeline.
-                    if !stopping && Self.hasRoom(inFlight: inFlight, limit: limit, batch: dispatch.batchSize) {
-                        deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
-                            .compactMap { $0 }.compactMap { $0 }.min()
-                    }
-                    // The notifier sends a ping at most every half interval: turning at least that often
-                    // (counted from the last turn that pinged) keeps sent pings within one interval.
-                    var limitReal = notifier.watchdogInterval.map { max(.milliseconds(1), lastPing + $0 / 2 - .now) }
-                    if let retryAt = storageRetryAt, storagePaused {
-                        limitReal = min(limitReal ?? Self.storageRetry, max(.milliseconds(1), retryAt - .now))
-                    } else if firstUnrecorded != nil {
-                        limitReal = min(limitReal ?? flushEvery, flushEvery)
-                    }
-                    if let graceDeadline { limitReal = min(limitReal ?? .seconds(1), max(.milliseconds(1), graceDeadline - .now)) }
-                    logger.trace("pipeline sleeps", metadata: [
-                        "until": "\(deadline.map { Timestamp.format($0, in: .gmt) } ?? "-")", "inFlight": "\(inFlight)",
-                        "real": "\(limitReal.map { "\($0)" } ?? "-")",
-                    ])
-                    let seen = wakeup.generation
-                    group.addTask { [wakeup, clock] in
-                        await wakeup.wait(until: deadline, realTimeLimit: limitReal, clock: clock, since: seen)
-                        return .tick
-                    }
-                    tickerRunning = true
-                }
-
-                switch try await group.next() {
-                case .tick?:
-                    tickerRunning = false
-                    dueExhausted = false
-                    ticked = true
-                case .recorded(let unwritten)?:
-                    recording = false
-                    outcomesRefused = !unwritten.isEmpty
-                    if unwritten.isEmpty {
-                        storageWorked()
-                    } else {
-                        // Kept, in order, ahead of newer outcomes, and written once the store works
-                        // again; lapsed leases are not recovered until then.
-                        finished.insert(contentsOf: unwritten, at: 0)
-                        if firstUnrecorded == nil { firstUnrecorded = .now }
-                        storageFailed("recording outcomes", StoreFailure(count: unwritten.count))
-                    }
-                case .resolved(let reminder, let resolution)?:
-                    inFlight -= 1
-                    finished.append((reminder, resolution))
-                    if firstUnrecorded == nil {
-                        firstUnrecorded = .now
-                        // Make sure the ticker's timer covers recording this outcome soon.
-                        if tickerRunning { wakeup.signal(.flush) }
-                    }
-                case nil:
-                    tickerRunning = false
-                }
-            }
-        }
-    }
-
-    /// Writes one group of outcomes (state changes and log rows, one transaction). Returns false if
-    /// the store refused them; the caller keeps them and tries again.
-    private func record(_ outcomes: [(ClaimedReminder, Resolution)], store: ReminderStore) async -> Bool {
-        var tally: [String: Int] = [:]
-        for (_, resolution) in outcomes { tally[Self.label(resolution), default: 0] += 1 }
-        do {
-            let fenced = try await store.record(outcomes, now: clock.now())
-            if fenced > 0 { logger.warning("\(fenced) outcome(s) arrived after their lease lapsed; logged, not applied") }
-        } catch {
-            logger.error("cannot record \(outcomes.count) outcome(s): \(error); kept, to be written when the store works")
-            return false
-        }
-        metrics.recorded(outcomes)
-        // A reminder that will not reach the patient is the line staff must not miss in the journal.
-        for (claimed, resolution) in outcomes {
-            let ending: (String, String)?
-            switch resolution {
-            case .dead(let reason), .attempted(_, next: .dead(let reason)): ending = ("dead", reason)
-            case .expired(let reason), .attempted(_, next: .expired(let reason)): ending = ("expired", reason)
-            default: ending = nil
-            }
-            guard let (state, reason) = ending else { continue }
-            let id = UntrustedText.escaped(ReminderID.make(procedureID: claimed.procedure.id, stepID: claimed.stepID))
-            logger.warning(
-                "reminder \(id) \(state): \(UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit))")
-        }
-        logger.info(
-            "dispatched \(outcomes.count) reminder(s)",
-            metadata: tally.mapValues { Logger.MetadataValue.stringConvertible($0) })
-        HeapTrim.release()
-        await witnessStore(store)
-        return true
-    }
-
     /// Writes the delivery log's head to the journal (at start, then at most hourly on the injected
     /// clock as outcomes are recorded), so the journal is a witness the database cannot rewrite:
     /// `aftercare audit verify --expect-head` holds the log to any head it printed. Also keeps the
     /// loaded protocol versions in the store.
-    private func witnessStore(_ store: ReminderStore, force: Bool = false) async {
+    fileprivate func witnessStore(_ store: ReminderStore, force: Bool = false) async {
         let now = clock.now()
         let due = lastWitness.withLock { last -> Bool in
             guard force || last.map({ now.timeIntervalSince($0) >= 3600 }) ?? true else { return false }
@@ -499,28 +214,6 @@ public final class AftercareDaemon: Service, Sendable {
         }
     }
 
-    /// Whether the pipeline has room for another claim: a batch's worth (or a quarter of the limit,
-    /// if smaller) of free slots, or nothing in flight at all.
-    private static func hasRoom(inFlight: Int, limit: Int, batch: Int) -> Bool {
-        inFlight == 0 || limit - inFlight >= min(batch, max(1, limit / 4))
-    }
-
-    private static func label(_ resolution: Resolution) -> String {
-        switch resolution {
-        case .attempted(let attempt, _):
-            switch attempt.result.outcome {
-            case .delivered: return "delivered"
-            case .retry: return "retry"
-            case .failed: return "failed"
-            }
-        case .expired: return "expired"
-        case .deferred: return "deferred"
-        case .skipped: return "skipped"
-        case .dead: return "dead"
-        case .released: return "released"
-        }
-    }
-
     /// Ingests what waits in the spool. Returns when to look again without an inotify event (a file
     /// that looked half-written, or a database error), if ever.
     private func ingestSpool(spool: Spool, store: ReminderStore) async -> Date? {
@@ -532,7 +225,7 @@ public final class AftercareDaemon: Service, Sendable {
         return pass.retryAt
     }
 
-    private func reload(store: ReminderStore) async {
+    fileprivate func reload(store: ReminderStore) async {
         notifier.reloading(status: "reloading configuration")
         logger.notice("reloading configuration from \(configPath)")
         do {
@@ -578,7 +271,7 @@ public final class AftercareDaemon: Service, Sendable {
         return Runtime(config: config, senders: senders)
     }
 
-    private func statusLine(_ store: ReminderStore) async throws -> String {
+    fileprivate func statusLine(_ store: ReminderStore) async throws -> String {
         let problems = trouble.withLock { $0.summary }
         guard let status = try? await store.status(now: clock.now()) else {
             return problems ?? "cannot read the queue's figures"
@@ -590,6 +283,27 @@ public final class AftercareDaemon: Service, Sendable {
         }
         // Trouble first: systemctl status shows the start of the line.
         return problems.map { "\($0); " + line } ?? line
+    }
+}
+
+/// The daemon as the dispatch pipeline sees it.
+private struct Host: PipelineHost {
+    let daemon: AftercareDaemon
+    let store: ReminderStore
+
+    var runtime: Runtime? { daemon.runtime.withLock { $0 } }
+    var intakeStoreFailing: Bool { daemon.trouble.withLock { $0.intakeStore != nil } }
+
+    func reload() async { await daemon.reload(store: store) }
+
+    func statusLine() async -> String? { try? await daemon.statusLine(store) }
+
+    func dispatchStoreTrouble(_ problem: String?) { daemon.trouble.withLock { $0.dispatchStore = problem } }
+
+    func recorded(_ outcomes: [(ClaimedReminder, Resolution)]) async {
+        daemon.metrics.recorded(outcomes)
+        HeapTrim.release()
+        await daemon.witnessStore(store)
     }
 }
 
@@ -610,12 +324,6 @@ struct Trouble: Sendable {
         if let spool { parts.append("SPOOL UNUSABLE (\(spool))") }
         return parts.isEmpty ? nil : UntrustedText.escaped(parts.joined(separator: "; "), limit: 300)
     }
-}
-
-/// Outcomes the store would not take (the store's own error is logged where it happened).
-private struct StoreFailure: Error, CustomStringConvertible {
-    var count: Int
-    var description: String { "\(count) outcome(s) not written" }
 }
 
 /// A daemon start-up or run failure, as one line.

@@ -58,6 +58,9 @@ struct StorageFaultTests {
     func lockedDatabaseRecovers() async throws {
         let notifier = RecordingNotifier(watchdogInterval: .milliseconds(100))
         let harness = try DaemonHarness(start: Self.afternoon, notifier: notifier)
+        // The pause after a store error and the watchdog run on the daemon's clock: let it keep real time.
+        let time = harness.clock.followRealTime()
+        defer { time.cancel() }
         harness.start()
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-lock", at: Self.afternoon))], label: "lock")
         #expect(await harness.eventually { harness.outboxFiles().count == 2 })
@@ -83,12 +86,13 @@ struct StorageFaultTests {
         // A procedure arrives meanwhile: intake cannot store it either, and keeps the file.
         try harness.spool.submit([.procedure(DaemonHarness.procedure("P-during", at: Self.afternoon.addingTimeInterval(86400)))], label: "during")
         // The claim waits out SQLite's busy timeout (10 s), fails, and the pipeline pauses.
-        try await Task.sleep(for: .seconds(12))
+        #expect(await harness.eventually(timeout: 30) {
+            notifier.statusLines.contains { $0.hasPrefix("STORE FAILING") }
+        }, "\(notifier.statusLines)")
         let pingsDuringFault = notifier.pingCount
         try await Task.sleep(for: .seconds(1))
         #expect(notifier.pingCount == pingsDuringFault, "the watchdog is still fed while the store fails")
         #expect(harness.outboxFiles().count == 2)
-        #expect(notifier.statusLines.contains { $0.hasPrefix("STORE FAILING") }, "\(notifier.statusLines)")
         #expect(try harness.spool.pendingFiles().count == 1, "the file must wait in incoming/ while the store fails")
 
         release.withLock { $0 = true }
@@ -124,6 +128,9 @@ struct StorageFaultTests {
             return
         }
         defer { Self.unmount(harness.state) }
+        // The pause after a store error and the watchdog run on the daemon's clock: let it keep real time.
+        let time = harness.clock.followRealTime()
+        defer { time.cancel() }
         harness.start()
         let procedures = (1...60).map { IntakeRequest.procedure(DaemonHarness.procedure("P-\($0)", at: Self.afternoon)) }
         try harness.spool.submit(procedures, label: "batch")

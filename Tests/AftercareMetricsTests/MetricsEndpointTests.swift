@@ -96,6 +96,9 @@ struct MetricsEndpointTests {
             released.withLock { $0 = true }
         }
         holder.start()
+        // The pause after a store error and the watchdog run on the daemon's clock: let it keep real time.
+        let time = harness.clock.followRealTime()
+        defer { time.cancel() }
         try await Task.sleep(for: .milliseconds(200))
         harness.clock.set(Self.afternoon.addingTimeInterval(86400))
         var stuck: (status: Int, body: String)?

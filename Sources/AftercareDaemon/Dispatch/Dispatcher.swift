@@ -20,6 +20,37 @@ struct Runtime: Sendable {
     }
 }
 
+/// A contact route with the configured sender that takes its channel.
+struct UsableRoute: Sendable {
+    let route: ContactRoute
+    let senderName: String
+    let sender: any Sender
+}
+
+/// What a claimed reminder needs before anything goes over the wire.
+enum Preparation: Sendable {
+    /// Resolved without a send (expired, held for quiet hours, no usable route, no longer configured).
+    case settled(Resolution)
+    /// To be sent now.
+    case send(SendJob)
+}
+
+/// One message ready to go, with what its result needs to become a resolution.
+struct SendJob: Sendable {
+    /// The configuration the job was prepared under (a reload may replace it meanwhile).
+    let runtime: Runtime
+    let reminder: ClaimedReminder
+    let step: Step
+    let route: UsableRoute
+    let optedOut: [String]
+    let message: OutboundMessage
+    let startedAt: Date
+    let startedUptime: Duration
+    let protocolVersion: ProtocolVersion
+
+    var sender: any Sender { route.sender }
+}
+
 /// Takes one claimed reminder to its resolution: expiry and quiet-hours checks at send time, route
 /// choice by the patient's preference and opt-outs, rendering, the send itself, and what comes next
 /// (delivered, a retry inside the window, expired or dead).
@@ -28,33 +59,47 @@ struct Dispatcher: Sendable {
     let clock: any WallClock
     let logger: Logger
 
+    /// Takes one claimed reminder to its resolution, sending it if it is to be sent now.
     func resolve(_ reminder: ClaimedReminder) async -> Resolution {
+        switch prepare(reminder) {
+        case .settled(let resolution): return resolution
+        case .send(let job): return conclude(job, result: await job.sender.send(job.message))
+        }
+    }
+
+    /// Everything short of the send itself: expiry and quiet hours at send time, the route, the
+    /// rendered message. No I/O.
+    func prepare(_ reminder: ClaimedReminder) -> Preparation {
         let config = runtime.config
         let procedure = reminder.procedure
         guard let careProtocol = config.protocols[procedure.protocolID] else {
-            return .dead(reason: "protocol '\(procedure.protocolID)' is no longer configured")
+            return .settled(.dead(reason: "protocol '\(procedure.protocolID)' is no longer configured"))
         }
         guard let step = careProtocol.step(reminder.stepID) else {
-            return .dead(reason: "step '\(reminder.stepID)' is no longer in protocol '\(careProtocol.id)'")
+            return .settled(.dead(reason: "step '\(reminder.stepID)' is no longer in protocol '\(careProtocol.id)'"))
         }
         let zone = procedure.patientTimeZone
         let now = clock.now()
         if now > reminder.expiresAt {
-            return .expired(reason: "window closed at \(Timestamp.format(reminder.expiresAt, in: zone)) before it went out")
+            return .settled(
+                .expired(
+                    reason: "window closed at \(Timestamp.format(reminder.expiresAt, in: zone)) before it went out"))
         }
         let allowed = Planner.allowedTime(for: step, at: now, zone: zone, policy: config.policy)
         if allowed.timeIntervalSince(now) >= 1 {
             if allowed > reminder.expiresAt {
-                return .expired(
-                    reason: "quiet hours last until \(Timestamp.format(allowed, in: zone)), after its window closes"
-                )
+                return .settled(
+                    .expired(
+                        reason: "quiet hours last until \(Timestamp.format(allowed, in: zone)), after its window closes"
+                    ))
             }
-            return .deferred(until: allowed, reason: "quiet hours: held until \(Timestamp.format(allowed, in: zone))")
+            return .settled(
+                .deferred(until: allowed, reason: "quiet hours: held until \(Timestamp.format(allowed, in: zone))"))
         }
 
         var optedOut: [String] = []
         var failedBefore = 0
-        var chosen: (route: ContactRoute, senderName: String, sender: any Sender)?
+        var chosen: UsableRoute?
         for route in usableRoutes(procedure.patient, step: step) {
             if route.route.optedOut {
                 optedOut.append(route.route.channel)
@@ -69,46 +114,55 @@ struct Dispatcher: Sendable {
         }
         guard let chosen else {
             if failedBefore > 0 {
-                return .dead(reason: "every usable route failed permanently")
+                return .settled(.dead(reason: "every usable route failed permanently"))
             }
-            return .skipped(
-                reason: optedOut.isEmpty
-                    ? "no contact route on a channel this step may use has a configured sender"
-                    : "patient opted out of every usable route (\(optedOut.joined(separator: ", ")))"
-            )
+            return .settled(
+                .skipped(
+                    reason: optedOut.isEmpty
+                        ? "no contact route on a channel this step may use has a configured sender"
+                        : "patient opted out of every usable route (\(optedOut.joined(separator: ", ")))"
+                ))
         }
 
         let context = TemplateContext(procedure: procedure, policy: config.policy, sendAt: now)
-        let subject = step.subject.render(context)
-        let body = step.body.render(context)
         let message = OutboundMessage(
             reminderID: reminder.reminderID, procedureID: procedure.id, patientID: procedure.patient.id,
             stepID: step.id, channel: chosen.route.channel, address: chosen.route.address,
-            subject: subject, body: body, dueAt: reminder.dueAt,
+            subject: step.subject.render(context), body: step.body.render(context), dueAt: reminder.dueAt,
             attempt: reminder.attempt, clinicName: config.policy.clinicName
         )
-        let started = ContinuousClock.now
-        let result = await chosen.sender.send(message)
-        let elapsed = ContinuousClock.now - started
+        return .send(
+            SendJob(
+                runtime: runtime, reminder: reminder, step: step, route: chosen, optedOut: optedOut, message: message,
+                startedAt: now, startedUptime: clock.uptime(),
+                protocolVersion: runtime.protocolVersions[careProtocol.id] ?? ProtocolVersion(careProtocol)))
+    }
+
+    /// What a send's result makes of its reminder: the attempt for the log, and where it goes next
+    /// (delivered, a retry inside the window, the patient's next route, expired or dead).
+    func conclude(_ job: SendJob, result: SendResult) -> Resolution {
+        let reminder = job.reminder
+        let elapsed = clock.uptime() - job.startedUptime
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let attempt = Attempt(
-            channel: chosen.route.channel, sender: chosen.senderName, destination: chosen.route.address,
-            startedAt: now, endedAt: now.addingTimeInterval(seconds), result: result, optedOutChannels: optedOut,
+            channel: job.route.route.channel, sender: job.route.senderName, destination: job.route.route.address,
+            startedAt: job.startedAt, endedAt: job.startedAt.addingTimeInterval(max(0, seconds)), result: result,
+            optedOutChannels: job.optedOut,
             message: SentMessage(
-                subject: subject, body: body,
-                protocolVersion: runtime.protocolVersions[careProtocol.id] ?? ProtocolVersion(careProtocol))
+                subject: job.message.subject, body: job.message.body, protocolVersion: job.protocolVersion)
         )
-        var after = next(after: result, reminder: reminder, step: step, zone: zone)
+        let zone = reminder.procedure.patientTimeZone
+        var after = next(after: result, reminder: reminder, step: job.step, zone: zone)
         if case .dead(let reason) = after, case .failed = result.outcome,
-            let fallback = usableRoutes(procedure.patient, step: step).first(where: { candidate in
-                !candidate.route.optedOut && candidate.route != chosen.route
+            let fallback = usableRoutes(reminder.procedure.patient, step: job.step).first(where: { candidate in
+                !candidate.route.optedOut && candidate.route != job.route.route
                     && !reminder.failedRoutes.contains(FailedRoute.key(candidate.route))
             })
         {
             // A permanent failure belongs to the route, not the patient: their next route is tried.
             after = .nextRoute(
-                at: now,
-                reason: "permanent failure on \(chosen.route.channel); trying \(fallback.route.channel) next: "
+                at: clock.now(),
+                reason: "permanent failure on \(job.route.route.channel); trying \(fallback.route.channel) next: "
                     + reason)
         }
         return .attempted(attempt, next: after)
@@ -116,14 +170,12 @@ struct Dispatcher: Sendable {
 
     /// The patient's routes this step may use and a configured sender can take, in their order of
     /// preference (opted-out ones included, for the caller to pass over and log).
-    func usableRoutes(_ patient: Patient, step: Step)
-        -> [(route: ContactRoute, senderName: String, sender: any Sender)]
-    {
+    func usableRoutes(_ patient: Patient, step: Step) -> [UsableRoute] {
         patient.routes.compactMap { route in
             if !step.channels.isEmpty && !step.channels.contains(route.channel) { return nil }
             guard let senderName = runtime.config.channels[route.channel], let sender = runtime.senders[senderName]
             else { return nil }
-            return (route, senderName, sender)
+            return UsableRoute(route: route, senderName: senderName, sender: sender)
         }
     }
 
