@@ -24,10 +24,21 @@ enum PipelineMessage: Sendable {
     case signal(WakeReason)
     /// The timer armed as `generation` went off.
     case timer(generation: UInt64)
-    /// A send finished.
-    case sent(id: UInt64, SendJob, SendResult)
+    /// A send finished, at this time and uptime.
+    case sent(id: UInt64, SendJob, SendResult, at: Date, uptime: Duration)
     case recorded
     case recordRefused([(ClaimedReminder, Resolution)], error: String)
+}
+
+extension PipelineMessage {
+    /// Whether the earliest due time or lease expiry may have moved: sends finishing do not move
+    /// it (their outcomes are not written yet); writes, signals (new work, a reload) and timers may.
+    var changesDeadline: Bool {
+        switch self {
+        case .sent: false
+        case .signal, .timer, .recorded, .recordRefused: true
+        }
+    }
 }
 
 /// The dispatch pipeline: claims due reminders in batches under a lease, starts their sends,
@@ -54,6 +65,9 @@ struct DispatchPipeline: Sendable {
         var nextSendID: UInt64 = 0
         var timer = Timer()
         defer { timer.disarm() }
+        // The earliest due time or lease expiry as last read from the store; read again only after
+        // something that may change it (a claim, a write, a recovery, a signal, the timer).
+        var knownDeadline: Date??
 
         while true {
             let now = clock.uptime()
@@ -79,6 +93,7 @@ struct DispatchPipeline: Sendable {
                 do {
                     let count = try await store.recoverClaims(now: clock.now())
                     if count > 0 { logger.warning("returned \(count) reminder(s) with lapsed leases to the queue") }
+                    knownDeadline = nil
                     state.apply(.recovered, at: clock.uptime())
                 } catch {
                     if Task.isCancelled { return }
@@ -105,14 +120,15 @@ struct DispatchPipeline: Sendable {
                     case .send(let job):
                         let id = nextSendID
                         nextSendID &+= 1
-                        tickets[id] = job.sender.submit(job.message) { [mailbox] result in
-                            mailbox.post(.sent(id: id, job, result))
+                        tickets[id] = job.sender.submit(job.message) { [mailbox, clock] result in
+                            mailbox.post(.sent(id: id, job, result, at: clock.now(), uptime: clock.uptime()))
                         }
                         sent += 1
                     }
                 }
                 state.apply(
                     .claimed(sent: sent, asked: limit, got: claimed.count, settled: settled), at: clock.uptime())
+                knownDeadline = nil
             case .record(let outcomes):
                 // A task of its own, not cancelled with the daemon's: outcomes must land.
                 Task { [self] in
@@ -134,8 +150,11 @@ struct DispatchPipeline: Sendable {
                 if messages.isEmpty {
                     var deadline: Date?
                     if untilDue {
-                        deadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
-                            .compactMap { $0 }.compactMap { $0 }.min()
+                        if knownDeadline == nil {
+                            knownDeadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
+                                .compactMap { $0 }.compactMap { $0 }.min()
+                        }
+                        deadline = knownDeadline ?? nil
                     }
                     timer.arm(deadline: deadline, timeout: timeout, clock: clock, mailbox: mailbox)
                     await mailbox.wait()
@@ -145,6 +164,7 @@ struct DispatchPipeline: Sendable {
                     }
                     messages = mailbox.takeAll()
                 }
+                if messages.contains(where: \.changesDeadline) { knownDeadline = nil }
                 var signals: Set<WakeReason> = []
                 var resolved: [(ClaimedReminder, Resolution)] = []
                 for message in messages {
@@ -153,14 +173,14 @@ struct DispatchPipeline: Sendable {
                         signals.insert(reason)
                     case .timer(let generation):
                         if timer.fired(generation) { state.apply(.timer, at: clock.uptime()) }
-                    case .sent(let id, let job, let result):
+                    case .sent(let id, let job, let result, let endedAt, let endedUptime):
                         tickets[id] = nil
                         if cancelled.remove(id) != nil {
                             resolved.append((job.reminder, .released))
                         } else {
                             // The job's own dispatcher: the configuration it was prepared under.
                             resolved.append((job.reminder, job.dispatcher(clock: clock, logger: logger)
-                                .conclude(job, result: result)))
+                                .conclude(job, result: result, endedAt: endedAt, endedUptime: endedUptime)))
                         }
                     case .recorded:
                         state.apply(.recorded, at: clock.uptime())

@@ -63,7 +63,9 @@ struct Dispatcher: Sendable {
     func resolve(_ reminder: ClaimedReminder) async -> Resolution {
         switch prepare(reminder) {
         case .settled(let resolution): return resolution
-        case .send(let job): return conclude(job, result: await job.sender.send(job.message))
+        case .send(let job):
+            let result = await job.sender.send(job.message)
+            return conclude(job, result: result, endedAt: clock.now(), endedUptime: clock.uptime())
         }
     }
 
@@ -139,10 +141,11 @@ struct Dispatcher: Sendable {
     }
 
     /// What a send's result makes of its reminder: the attempt for the log, and where it goes next
-    /// (delivered, a retry inside the window, the patient's next route, expired or dead).
-    func conclude(_ job: SendJob, result: SendResult) -> Resolution {
+    /// (delivered, a retry inside the window, the patient's next route, expired or dead), reckoned
+    /// from when the send ended.
+    func conclude(_ job: SendJob, result: SendResult, endedAt: Date, endedUptime: Duration) -> Resolution {
         let reminder = job.reminder
-        let elapsed = clock.uptime() - job.startedUptime
+        let elapsed = endedUptime - job.startedUptime
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let attempt = Attempt(
             channel: job.route.route.channel, sender: job.route.senderName, destination: job.route.route.address,
@@ -152,7 +155,7 @@ struct Dispatcher: Sendable {
                 subject: job.message.subject, body: job.message.body, protocolVersion: job.protocolVersion)
         )
         let zone = reminder.procedure.patientTimeZone
-        var after = next(after: result, reminder: reminder, step: job.step, zone: zone)
+        var after = next(after: result, reminder: reminder, step: job.step, zone: zone, at: endedAt)
         if case .dead(let reason) = after, case .failed = result.outcome,
             let fallback = usableRoutes(reminder.procedure.patient, step: job.step).first(where: { candidate in
                 !candidate.route.optedOut && candidate.route != job.route.route
@@ -161,7 +164,7 @@ struct Dispatcher: Sendable {
         {
             // A permanent failure belongs to the route, not the patient: their next route is tried.
             after = .nextRoute(
-                at: clock.now(),
+                at: endedAt,
                 reason: "permanent failure on \(job.route.route.channel); trying \(fallback.route.channel) next: "
                     + reason)
         }
@@ -180,7 +183,9 @@ struct Dispatcher: Sendable {
     }
 
     /// Where a reminder goes after an attempt with this result.
-    func next(after result: SendResult, reminder: ClaimedReminder, step: Step, zone: TimeZone) -> AfterAttempt {
+    func next(
+        after result: SendResult, reminder: ClaimedReminder, step: Step, zone: TimeZone, at now: Date
+    ) -> AfterAttempt {
         let retry = runtime.config.retry
         switch result.outcome {
         case .delivered:
@@ -192,9 +197,9 @@ struct Dispatcher: Sendable {
                 return .dead(reason: "gave up after \(reminder.attempt) tries: \(reason)")
             }
             let delay = retry.delay(afterAttempt: reminder.attempt, retryAfter: after, unit: Double.random(in: 0..<1))
-            let earliest = clock.now().addingTimeInterval(delay)
+            let earliest = now.addingTimeInterval(delay)
             let at = Planner.allowedTime(for: step, at: earliest, zone: zone, policy: runtime.config.policy)
-            if at > reminder.expiresAt, let last = lastUsefulMoment(reminder: reminder, step: step, zone: zone) {
+            if at > reminder.expiresAt, let last = lastUsefulMoment(reminder: reminder, step: step, zone: zone, now: now) {
                 // The receiver asks to wait past the window: one more try just before it closes
                 // beats none. Asked again then, the window leaves no room and it expires.
                 return .retry(at: last)
@@ -214,8 +219,7 @@ struct Dispatcher: Sendable {
 
     /// The latest moment inside the reminder's window, outside quiet hours, at least a minute from
     /// now, at which a last try still makes sense; `nil` when there is none.
-    func lastUsefulMoment(reminder: ClaimedReminder, step: Step, zone: TimeZone) -> Date? {
-        let now = clock.now()
+    func lastUsefulMoment(reminder: ClaimedReminder, step: Step, zone: TimeZone, now: Date) -> Date? {
         let policy = runtime.config.policy
         var candidate = reminder.expiresAt.addingTimeInterval(-Self.lastTryMargin)
         // Step back in 5-minute strides out of any quiet hours; a window is days long at most.
