@@ -18,32 +18,10 @@ struct AddCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOption
 
-    @Option(name: .customLong("procedure"), help: "The procedure's id (letters, digits, . _ : -).")
-    var procedureID: String
-
-    @Option(name: .customLong("patient"), help: "The patient's id, e.g. an MRN.")
-    var patientID: String
-
-    @Option(help: "The patient's first name, for the greeting (optional).")
-    var firstName: String?
-
-    @Option(help: "The patient's IANA time zone (default: the clinic's).")
-    var timeZone: String?
+    @OptionGroup var patient: PatientOptions
 
     @Option(help: "When the procedure was performed: now, 2026-11-25T14:30:00-05:00, or 2026-11-25 14:30 (patient's time).")
     var performedAt: String = "now"
-
-    @Option(
-        name: .customLong("route"),
-        help: "A contact route CHANNEL:ADDRESS, in the patient's order of preference (repeat it): sms:+15551234567, email:ana@example.org."
-    )
-    var routes: [String] = []
-
-    @Option(name: .customLong("opt-out"), help: "A channel the patient opted out of (repeatable).")
-    var optOuts: [String] = []
-
-    @Option(name: .customLong("protocol"), help: "The protocol id.")
-    var protocolID: String = "trigger-point-injection"
 
     @Flag(help: "Record a procedure so far back that every step's window has closed (nothing will be sent).")
     var force = false
@@ -51,35 +29,18 @@ struct AddCommand: AsyncParsableCommand {
     @Flag(help: "Check and print the plan without queueing anything.")
     var dryRun = false
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
-        let zoneID = timeZone ?? config.policy.clinicTimeZone
-        do {
-            try InputRules.checkTimeZone(zoneID, field: "--time-zone")
-        } catch {
-            throw CLIError("\(error)")
-        }
-        let zone = TimeZone(identifier: zoneID)!
+        let (zoneID, zone) = try patient.zone(config)
         let performed = try Show.parseTime(performedAt, zone: zone, option: "--performed-at")
-        guard !routes.isEmpty else { throw CLIError("--route: at least one contact route is needed, e.g. --route sms:+15551234567") }
-        let parsedRoutes = try contactRoutes(routes, optOuts: optOuts)
-        let procedure = Procedure(
-            id: procedureID, protocolID: protocolID, performedAt: performed,
-            patient: Patient(id: patientID, firstName: firstName, timeZone: zoneID, routes: parsedRoutes)
-        )
-        do {
-            try procedure.validate()
-        } catch {
-            throw CLIError("\(error)")
-        }
+        let procedure = try patient.procedure(at: performed, zoneID: zoneID)
         let now = Date()
         if performed.timeIntervalSince(now) > PerformedTime.aheadTolerance {
             throw CLIError(
                 "--performed-at: \(Show.localWithZone(performed, zone)) is more than 5 minutes ahead; a procedure "
-                    + "not yet performed is an appointment: aftercare book --procedure \(procedureID) "
+                    + "not yet performed is an appointment: aftercare book --procedure \(procedure.id) "
                     + "--planned-at TIME …")
         }
         let planned: [PlannedReminder]
@@ -98,7 +59,7 @@ struct AddCommand: AsyncParsableCommand {
             let name = try queue(
                 .procedure(procedure, force: force), label: procedure.id, spool: spool, what: "the procedure")
             print("Queued procedure \(procedure.id) for patient \(procedure.patient.id) (spool file \(name)).")
-            try SpoolReceipt.report(spool: spool, name: name, wait: wait)
+            try SpoolReceipt.report(spool: spool, name: name, wait: receipt.wait)
         } else {
             print("Dry run: procedure \(procedure.id) for patient \(procedure.patient.id) is valid; nothing queued.")
         }
@@ -111,7 +72,7 @@ struct AddCommand: AsyncParsableCommand {
         }
         print(Show.table(["STEP", "DUE", "STATE", "NOTE"], rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
         // Steps that will never reach the patient, said where staff cannot miss them.
-        if let careProtocol = config.protocols[protocolID] {
+        if let careProtocol = config.protocols[procedure.protocolID] {
             let warnings = Planner.unsendableSteps(
                 planned, protocol: careProtocol, procedure: procedure, channels: Set(config.channels.keys))
             for warning in warnings {
@@ -119,6 +80,65 @@ struct AddCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Who the procedure is for and how to reach them: `add` and `book` take the same.
+struct PatientOptions: ParsableArguments {
+    @Option(name: .customLong("procedure"), help: "The procedure's id (letters, digits, . _ : -).")
+    var procedureID: String
+
+    @Option(name: .customLong("patient"), help: "The patient's id, e.g. an MRN.")
+    var patientID: String
+
+    @Option(help: "The patient's first name, for the greeting (optional).")
+    var firstName: String?
+
+    @Option(help: "The patient's IANA time zone (default: the clinic's).")
+    var timeZone: String?
+
+    @Option(
+        name: .customLong("route"),
+        help: "A contact route CHANNEL:ADDRESS, in the patient's order of preference (repeat it): sms:+15551234567, email:ana@example.org."
+    )
+    var routes: [String] = []
+
+    @Option(name: .customLong("opt-out"), help: "A channel the patient opted out of (repeatable).")
+    var optOuts: [String] = []
+
+    @Option(name: .customLong("protocol"), help: "The protocol id.")
+    var protocolID: String = "trigger-point-injection"
+
+    /// The patient's zone (the clinic's unless given), checked.
+    func zone(_ config: AftercareConfiguration) throws -> (id: String, zone: TimeZone) {
+        let zoneID = timeZone ?? config.policy.clinicTimeZone
+        try cliCheck { try InputRules.checkTimeZone(zoneID, field: "--time-zone") }
+        return (zoneID, TimeZone(identifier: zoneID)!)
+    }
+
+    /// The procedure these options describe, at `time`, checked as intake checks it.
+    func procedure(at time: Date, zoneID: String) throws -> Procedure {
+        guard !routes.isEmpty else {
+            throw CLIError("--route: at least one contact route is needed, e.g. --route sms:+15551234567")
+        }
+        let procedure = Procedure(
+            id: procedureID, protocolID: protocolID, performedAt: time,
+            patient: Patient(
+                id: patientID, firstName: firstName, timeZone: zoneID,
+                routes: try contactRoutes(routes, optOuts: optOuts)))
+        try cliCheck { try procedure.validate() }
+        return procedure
+    }
+}
+
+/// Runs a check whose error is the one line to show, as a CLI error.
+func cliCheck(_ check: () throws -> Void) throws {
+    do { try check() } catch let error as CLIError { throw error } catch { throw CLIError("\(error)") }
+}
+
+/// How long a request command waits to hear what the daemon made of its request.
+struct ReceiptOption: ParsableArguments {
+    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
+    var wait: Double = 5
 }
 
 /// Tells staff what became of a request they dropped in the spool.

@@ -39,56 +39,29 @@ struct BookCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOption
 
-    @Option(name: .customLong("procedure"), help: "The procedure's id (letters, digits, . _ : -).")
-    var procedureID: String
-
-    @Option(name: .customLong("patient"), help: "The patient's id, e.g. an MRN.")
-    var patientID: String
-
-    @Option(help: "The patient's first name, for the greeting (optional).")
-    var firstName: String?
-
-    @Option(help: "The patient's IANA time zone (default: the clinic's).")
-    var timeZone: String?
+    @OptionGroup var patient: PatientOptions
 
     @Option(help: "When it is planned: 2026-12-01T10:00:00-05:00, or 2026-12-01 10:00 (patient's time).")
     var plannedAt: String
 
-    @Option(name: .customLong("route"), help: "A contact route CHANNEL:ADDRESS, in order of preference (repeat it).")
-    var routes: [String] = []
-
-    @Option(name: .customLong("opt-out"), help: "A channel the patient opted out of (repeatable).")
-    var optOuts: [String] = []
-
-    @Option(name: .customLong("protocol"), help: "The protocol id.")
-    var protocolID: String = "trigger-point-injection"
-
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
-        let zoneID = timeZone ?? config.policy.clinicTimeZone
-        do { try InputRules.checkTimeZone(zoneID, field: "--time-zone") } catch { throw CLIError("\(error)") }
-        let zone = TimeZone(identifier: zoneID)!
+        let (zoneID, zone) = try patient.zone(config)
         let planned = try Show.parseTime(plannedAt, zone: zone, option: "--planned-at")
         if Date().timeIntervalSince(planned) > PerformedTime.aheadTolerance {
             throw CLIError(
                 "--planned-at: \(Show.localWithZone(planned, zone)) has passed; if it was performed, record it with "
                     + "'aftercare add'")
         }
-        guard !routes.isEmpty else { throw CLIError("--route: at least one contact route is needed") }
-        let procedure = Procedure(
-            id: procedureID, protocolID: protocolID, performedAt: planned,
-            patient: Patient(
-                id: patientID, firstName: firstName, timeZone: zoneID,
-                routes: try contactRoutes(routes, optOuts: optOuts)))
+        let procedure = try patient.procedure(at: planned, zoneID: zoneID)
         if case .failure(let error) = Intake.plan(procedure, config: config, now: Date()) {
             throw CLIError("\(error)")
         }
-        print("Booking procedure \(procedureID) for \(Show.localWithZone(planned, zone)); nothing is sent until "
+        print("Booking procedure \(procedure.id) for \(Show.localWithZone(planned, zone)); nothing is sent until "
             + "it is marked performed.")
-        try submit(.book(procedure), label: procedureID, config: config, wait: wait)
+        try submit(.book(procedure), label: procedure.id, config: config, wait: receipt.wait)
     }
 }
 
@@ -107,13 +80,12 @@ struct MoveCommand: AsyncParsableCommand {
     @Option(help: "The patient's IANA time zone, if that changes too.")
     var timeZone: String?
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
         if let timeZone {
-            do { try InputRules.checkTimeZone(timeZone, field: "--time-zone") } catch { throw CLIError("\(error)") }
+            try cliCheck { try InputRules.checkTimeZone(timeZone, field: "--time-zone") }
         }
         let known = try await checkKnown(procedureID, config: config)
         if let status = known?.0.status, status != "booked" {
@@ -124,7 +96,7 @@ struct MoveCommand: AsyncParsableCommand {
         let planned = try Show.parseTime(plannedAt, zone: zone, option: "--planned-at")
         try submit(
             .move(procedureID: procedureID, plannedAt: planned, timeZone: timeZone), label: procedureID,
-            config: config, wait: wait)
+            config: config, wait: receipt.wait)
     }
 }
 
@@ -145,8 +117,7 @@ struct PerformedCommand: AsyncParsableCommand {
     @Flag(help: "Record it even if so far back that every step's window has closed (nothing will be sent).")
     var force = false
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
@@ -163,6 +134,6 @@ struct PerformedCommand: AsyncParsableCommand {
         }
         try submit(
             .performed(procedureID: procedureID, at: performed, force: force), label: procedureID, config: config,
-            wait: wait)
+            wait: receipt.wait)
     }
 }

@@ -35,8 +35,7 @@ struct UpdateCommand: AsyncParsableCommand {
     @Option(name: .customLong("opt-in"), help: "A channel the patient opted back in to (repeatable).")
     var optIns: [String] = []
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
@@ -53,7 +52,7 @@ struct UpdateCommand: AsyncParsableCommand {
             patientID: patient, procedureID: procedureID, firstName: firstName,
             routes: routes.isEmpty ? nil : try contactRoutes(routes, optOuts: optOuts),
             optOut: routes.isEmpty ? optOuts : [], optIn: optIns)
-        try submit(.update(update), label: patient, config: config, wait: wait)
+        try submit(.update(update), label: patient, config: config, wait: receipt.wait)
     }
 }
 
@@ -71,13 +70,12 @@ struct OptOutCommand: AsyncParsableCommand {
     @Option(help: "The channel, e.g. sms.")
     var channel: String
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
         try submit(
             .update(PatientUpdate(patientID: patientID, optOut: [channel])), label: patientID, config: config,
-            wait: wait)
+            wait: receipt.wait)
     }
 }

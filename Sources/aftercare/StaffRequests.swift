@@ -109,13 +109,12 @@ struct CancelCommand: AsyncParsableCommand {
     @Option(help: "Why (recorded in the delivery log).")
     var reason: String?
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
         if let reason {
-            do { try InputRules.checkText(reason, field: "--reason") } catch { throw CLIError("\(error)") }
+            try cliCheck { try InputRules.checkText(reason, field: "--reason") }
         }
         if let (view, reminders) = try await checkKnown(procedureID, config: config) {
             if view.status == "cancelled" { throw CLIError("procedure \(procedureID) is already cancelled") }
@@ -125,7 +124,7 @@ struct CancelCommand: AsyncParsableCommand {
             }
             print("Cancelling \(pending) pending reminder(s) of procedure \(procedureID).")
         }
-        try submit(.cancel(procedureID: procedureID, reason: reason), label: procedureID, config: config, wait: wait)
+        try submit(.cancel(procedureID: procedureID, reason: reason), label: procedureID, config: config, wait: receipt.wait)
     }
 }
 
@@ -147,8 +146,7 @@ struct RescheduleCommand: AsyncParsableCommand {
     @Option(help: "The corrected IANA time zone of the patient.")
     var timeZone: String?
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
@@ -156,7 +154,7 @@ struct RescheduleCommand: AsyncParsableCommand {
             throw CLIError("give --performed-at, --time-zone or both")
         }
         if let timeZone {
-            do { try InputRules.checkTimeZone(timeZone, field: "--time-zone") } catch { throw CLIError("\(error)") }
+            try cliCheck { try InputRules.checkTimeZone(timeZone, field: "--time-zone") }
         }
         let known = try await checkKnown(procedureID, config: config)
         if known?.0.status == "cancelled" { throw CLIError("procedure \(procedureID) is cancelled") }
@@ -167,7 +165,7 @@ struct RescheduleCommand: AsyncParsableCommand {
         }
         try submit(
             .reschedule(procedureID: procedureID, performedAt: performed, timeZone: timeZone),
-            label: procedureID, config: config, wait: wait
+            label: procedureID, config: config, wait: receipt.wait
         )
     }
 }
@@ -190,8 +188,7 @@ struct ReplayCommand: AsyncParsableCommand {
     @Option(help: "Every reminder that died at or after this time (RFC 3339 with offset).")
     var since: String?
 
-    @Option(help: "Seconds to wait for the daemon to take the request (0: don't wait).")
-    var wait: Double = 5
+    @OptionGroup var receipt: ReceiptOption
 
     func run() async throws {
         let config = try options.load()
@@ -225,7 +222,7 @@ struct ReplayCommand: AsyncParsableCommand {
         {
             throw CLIError("nothing to replay: \(Self.nothing(scope))")
         }
-        try submit(.replay(scope), label: "replay", config: config, wait: wait)
+        try submit(.replay(scope), label: "replay", config: config, wait: receipt.wait)
     }
 
     private static func nothing(_ scope: ReplayScope) -> String {
