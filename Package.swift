@@ -121,10 +121,18 @@ let package = Package(
             path: "Benchmarks/AftercareBenchmarks",
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "AftercareCoreTests", dependencies: ["AftercareCore"], swiftSettings: swiftSettings),
+        // What several test targets share: a seeded generator, a database lock held from another connection.
+        .target(
+            name: "AftercareTestKit",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            path: "Tests/AftercareTestKit",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AftercareCoreTests", dependencies: ["AftercareCore", "AftercareTestKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "AftercareConfigTests",
-            dependencies: ["AftercareConfig", "AftercareCore"],
+            dependencies: ["AftercareConfig", "AftercareCore", "AftercareTestKit"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -141,7 +149,7 @@ let package = Package(
             name: "AftercareDaemonTests",
             dependencies: [
                 "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore", "AftercareDelivery",
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "AftercareTestKit", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -150,7 +158,7 @@ let package = Package(
             name: "AftercareMetricsTests",
             dependencies: [
                 "AftercareMetrics", "AftercareDaemon", "AftercareCore", "AftercareConfig", "AftercareStore",
-                "AftercareDelivery",
+                "AftercareDelivery", "AftercareTestKit",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

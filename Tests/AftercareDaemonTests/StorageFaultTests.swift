@@ -1,6 +1,7 @@
 import AftercareCore
 @testable import AftercareDaemon
 import AftercareStore
+import AftercareTestKit
 import Foundation
 import GRDB
 import Synchronization
@@ -68,19 +69,7 @@ struct StorageFaultTests {
         await harness.settle()
 
         // Another process takes the write lock and keeps it; then the 24 h reminders fall due.
-        // On a thread of its own: a lock holder must not occupy the test's cooperative pool.
-        let intruder = try DatabaseQueue(path: harness.state + "/aftercare.sqlite")
-        let release = Mutex(false)
-        let released = Mutex(false)
-        let holder = Thread {
-            try? intruder.writeWithoutTransaction { db in
-                try db.execute(sql: "BEGIN EXCLUSIVE")
-                while !release.withLock({ $0 }) { usleep(10_000) }
-                try db.execute(sql: "COMMIT")
-            }
-            released.withLock { $0 = true }
-        }
-        holder.start()
+        let holder = try WriteLockHolder(path: harness.state + "/aftercare.sqlite")
         try await Task.sleep(for: .milliseconds(200))
         harness.clock.set(Self.afternoon.addingTimeInterval(86400))
         // A procedure arrives meanwhile: intake cannot store it either, and keeps the file.
@@ -95,8 +84,8 @@ struct StorageFaultTests {
         #expect(harness.outboxFiles().count == 2)
         #expect(try harness.spool.pendingFiles().count == 1, "the file must wait in incoming/ while the store fails")
 
-        release.withLock { $0 = true }
-        #expect(await harness.eventually { released.withLock { $0 } })
+        holder.release()
+        #expect(await harness.eventually { holder.released })
         // Recovery without a restart: the 24 h reminders go out within the retry pause.
         // The file that waited is ingested and its first-day reminders go out too.
         #expect(await harness.eventually(timeout: 20) { harness.outboxFiles().count == 6 })

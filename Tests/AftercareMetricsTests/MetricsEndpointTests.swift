@@ -1,6 +1,7 @@
 import AftercareCore
 import AftercareDaemon
 import AftercareMetrics
+import AftercareTestKit
 import Foundation
 import GRDB
 import Synchronization
@@ -84,18 +85,7 @@ struct MetricsEndpointTests {
 
         // Another process takes the write lock and keeps it, from a thread of its own; then the
         // 24 h reminders fall due and the claim waits out SQLite's busy timeout (10 s) and fails.
-        let intruder = try DatabaseQueue(path: harness.database)
-        let release = Mutex(false)
-        let released = Mutex(false)
-        let holder = Thread {
-            try? intruder.writeWithoutTransaction { db in
-                try db.execute(sql: "BEGIN EXCLUSIVE")
-                while !release.withLock({ $0 }) { usleep(10_000) }
-                try db.execute(sql: "COMMIT")
-            }
-            released.withLock { $0 = true }
-        }
-        holder.start()
+        let holder = try WriteLockHolder(path: harness.database)
         // The pause after a store error and the watchdog run on the daemon's clock: let it keep real time.
         let time = harness.clock.followRealTime()
         defer { time.cancel() }
@@ -114,8 +104,8 @@ struct MetricsEndpointTests {
             (try? await harness.scrape())?.value("aftercare_pipeline_stalled") == 1
         })
 
-        release.withLock { $0 = true }
-        #expect(await harness.eventually { released.withLock { $0 } })
+        holder.release()
+        #expect(await harness.eventually { holder.released })
         #expect(await harness.eventually(timeout: 15) { harness.outboxFiles().count == 4 })
         var after: (status: Int, body: String)?
         #expect(await harness.eventually(timeout: 10) {
