@@ -108,7 +108,9 @@ public final class AftercareDaemon: Service, Sendable {
                 "senders": "\(config.senders.keys.sorted().joined(separator: ","))",
             ]
         )
-        notifier.ready(status: try? await statusLine(store))
+        // Ready at once: the queue's figures (counts over every reminder, slow with a million of
+        // them) follow in the status line from the pipeline's first turn.
+        notifier.ready(status: "ready; counting the queue")
 
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
