@@ -57,6 +57,7 @@ let package = Package(
                 "CCurl",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -142,7 +143,12 @@ let package = Package(
         ),
         .testTarget(
             name: "AftercareDeliveryTests",
-            dependencies: ["AftercareDelivery", "AftercareCore"],
+            dependencies: [
+                "AftercareDelivery", "AftercareCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 import AftercareCore
 import Foundation
+import Synchronization
 
 /// Writes each message as one file in an outbox folder: the zero-setup sender for a first run, and a
 /// hand-off point for any system that can watch a folder.
@@ -7,9 +8,14 @@ import Foundation
 /// Each message is written to a hidden temporary name, flushed to disk, then renamed to
 /// `<reminder id>.txt`, so a reader never sees half a message. A retry of the same reminder replaces
 /// the file rather than adding a second one.
+///
+/// The write and its fsyncs block, so they run on the sender's own serial queue, never on the
+/// cooperative pool: a slow disk holds back outbox messages, not every task of the daemon.
 public struct FileSender: Sender {
     /// The outbox folder; created if missing.
     public let outbox: URL
+    /// Where every write and fsync runs, one at a time.
+    let writer = DispatchQueue(label: "aftercare-outbox", qos: .utility)
 
     public init(outbox: URL) throws {
         self.outbox = outbox
@@ -17,18 +23,44 @@ public struct FileSender: Sender {
     }
 
     public func send(_ message: OutboundMessage) async -> SendResult {
-        let text = Self.render(message)
+        await withCheckedContinuation { continuation in
+            _ = submit(message) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// Queues the write; `completion` is called on the writer queue. A ticket cancelled before the
+    /// write starts abandons it (a `retry`); a write under way always finishes.
+    public func submit(
+        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
+    ) -> SendTicket {
+        let cancelled = CancelFlag()
+        let outbox = outbox
+        writer.async {
+            if cancelled.isSet {
+                completion(SendResult(.retry(after: nil, reason: "cancelled before it was written")))
+            } else {
+                completion(Self.write(message, to: outbox))
+            }
+        }
+        return SendTicket { cancelled.set() }
+    }
+
+    /// Waits for the writes already queued.
+    public func shutdown() async {
+        await withCheckedContinuation { continuation in writer.async { continuation.resume() } }
+    }
+
+    /// Writes one message durably; on the writer queue only.
+    static func write(_ message: OutboundMessage, to outbox: URL) -> SendResult {
         let name = message.reminderID + ".txt"
         do {
-            try AtomicFile.write(Data(text.utf8), to: outbox.appendingPathComponent(name))
+            try AtomicFile.write(Data(render(message).utf8), to: outbox.appendingPathComponent(name))
             return SendResult(.delivered(detail: "written to outbox/\(name)"))
         } catch {
             // A full disk or a permissions slip can clear up; let the retry schedule decide.
             return SendResult(.retry(after: nil, reason: "outbox write failed: \(error)"))
         }
     }
-
-    public func shutdown() async {}
 
     /// The file's text: a small header block, a blank line, then the body.
     static func render(_ message: OutboundMessage) -> String {
@@ -48,6 +80,13 @@ public struct FileSender: Sender {
 
             """
     }
+}
+
+/// A one-way flag set from any thread.
+final class CancelFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+    func set() { flag.store(true, ordering: .releasing) }
 }
 
 /// Durable whole-file writes: temporary file, fsync, rename, fsync of the folder.

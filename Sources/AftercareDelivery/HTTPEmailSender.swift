@@ -36,10 +36,31 @@ public struct HTTPEmailSender: Sender {
     }
 
     public func send(_ message: OutboundMessage) async -> SendResult {
+        switch request(for: message) {
+        case .success(let request): return Classification.http(await engine.perform(request))
+        case .failure(let refusal): return refusal.result
+        }
+    }
+
+    public func submit(
+        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
+    ) -> SendTicket {
+        switch request(for: message) {
+        case .success(let request):
+            let transfer = engine.start(request) { completion(Classification.http($0)) }
+            return SendTicket { transfer.cancel() }
+        case .failure(let refusal):
+            completion(refusal.result)
+            return SendTicket {}
+        }
+    }
+
+    /// The API call for a message, or why it is refused before sending.
+    func request(for message: OutboundMessage) -> Result<CurlRequest, Refusal> {
         do {
             try InputRules.checkEmail(message.address, field: "to")
         } catch {
-            return SendResult(.failed(reason: "refused before sending: \(error)"))
+            return .failure(Refusal(reason: "refused before sending: \(error)"))
         }
         var from = JSONText()
         from.field("email", settings.fromAddress)
@@ -57,11 +78,9 @@ public struct HTTPEmailSender: Sender {
             "Authorization: Bearer \(token)",
             "Idempotency-Key: \(message.reminderID)",
         ]
-        let response = await engine.perform(
-            CurlRequest(
-                url: settings.url, kind: .httpPost(headers: headers, body: Data(json.finished().utf8)),
-                protocols: settings.allowInsecureHTTP ? "http,https" : "https", transport: settings.transport))
-        return Classification.http(response)
+        return .success(CurlRequest(
+            url: settings.url, kind: .httpPost(headers: headers, body: Data(json.finished().utf8)),
+            protocols: settings.allowInsecureHTTP ? "http,https" : "https", transport: settings.transport))
     }
 
     public func shutdown() async {}

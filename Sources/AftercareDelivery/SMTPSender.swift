@@ -44,6 +44,27 @@ public struct SMTPSender: Sender {
     }
 
     public func send(_ message: OutboundMessage) async -> SendResult {
+        switch request(for: message) {
+        case .success(let request): return Classification.smtp(await engine.perform(request))
+        case .failure(let refusal): return refusal.result
+        }
+    }
+
+    public func submit(
+        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
+    ) -> SendTicket {
+        switch request(for: message) {
+        case .success(let request):
+            let transfer = engine.start(request) { completion(Classification.smtp($0)) }
+            return SendTicket { transfer.cancel() }
+        case .failure(let refusal):
+            completion(refusal.result)
+            return SendTicket {}
+        }
+    }
+
+    /// The SMTP submission for a message, or why it is refused before sending.
+    func request(for message: OutboundMessage) -> Result<CurlRequest, Refusal> {
         // Addresses and header values reach the wire verbatim through libcurl: refuse anything that
         // could end a header line or smuggle a command.
         do {
@@ -51,18 +72,16 @@ public struct SMTPSender: Sender {
             try InputRules.checkText(message.subject, field: "subject")
             try InputRules.checkIdentifier(message.procedureID, field: "procedure_id")
         } catch {
-            return SendResult(.failed(reason: "refused before sending: \(error)"))
+            return .failure(Refusal(reason: "refused before sending: \(error)"))
         }
         let data = Self.compose(
             message, from: settings.fromAddress, displayName: displayName, date: clock())
-        let response = await engine.perform(
-            CurlRequest(
-                url: settings.url,
-                kind: .smtp(
-                    from: settings.fromAddress, recipients: [message.address], message: data,
-                    username: settings.username, password: password, requireTLS: !settings.allowInsecure),
-                protocols: "smtp,smtps", transport: settings.transport))
-        return Classification.smtp(response)
+        return .success(CurlRequest(
+            url: settings.url,
+            kind: .smtp(
+                from: settings.fromAddress, recipients: [message.address], message: data,
+                username: settings.username, password: password, requireTLS: !settings.allowInsecure),
+            protocols: "smtp,smtps", transport: settings.transport))
     }
 
     public func shutdown() async {}

@@ -46,3 +46,9 @@ public struct SendTicket: Sendable {
 
     public func cancel() { cancelAction() }
 }
+
+/// A message a sender will not put on the wire (an address its channel cannot take): a permanent failure.
+struct Refusal: Error {
+    var reason: String
+    var result: SendResult { SendResult(.failed(reason: reason)) }
+}

@@ -37,11 +37,12 @@ struct DaemonCommand: AsyncParsableCommand {
             configPath: options.path, logger: logger, notifier: SystemdNotifier(),
             metrics: monitoring?.metrics ?? DaemonMetrics(), makeSender: SenderCatalog.maker(engine: engine)
         )
-        // Shutdown runs in reverse: the daemon drains first while /health still answers.
+        // Shutdown runs in reverse: the daemon drains first while /health still answers, and the
+        // curl engine stops last, only once nothing sends through it any more.
         let services = monitoring?.serviceConfigurations ?? []
         let group = ServiceGroup(
             configuration: .init(
-                services: services + [.init(service: daemon)],
+                services: [.init(service: engine)] + services + [.init(service: daemon)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -49,10 +50,8 @@ struct DaemonCommand: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
-            await engine.shutdown()
             throw CLIError("\(error)")
         }
-        await engine.shutdown()
     }
 }
 

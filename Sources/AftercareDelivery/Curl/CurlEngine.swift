@@ -1,6 +1,7 @@
 import AftercareCore
 import CCurl
 import Foundation
+import ServiceLifecycle
 import Synchronization
 
 /// One transfer to hand to the engine: an HTTPS POST or an SMTP submission.
@@ -47,8 +48,9 @@ public struct CurlResponse: Sendable {
 
 /// Drives every transfer through one curl multi handle on one dedicated thread.
 ///
-/// Callers `await perform(_:)` from any task; the request is queued, the engine thread is woken
-/// with `curl_multi_wakeup`, and the continuation is resumed when the transfer completes. Easy
+/// Callers `start(_:completion:)` a transfer (or `await perform(_:)` it) from any thread; the
+/// request is queued, the engine thread is woken with `curl_multi_wakeup`, and the completion is
+/// called on the engine thread when the transfer ends. Easy
 /// handles live and die on the engine thread; the multi handle keeps connections open between
 /// transfers (keep-alive).
 ///
@@ -57,11 +59,19 @@ public struct CurlResponse: Sendable {
 /// connection limits would park it inside the multi handle instead, where its time limits already
 /// run, so a busy or hanging receiver would make the transfers queued behind it fail "after 0 ms".
 /// A try's time limits start when it is actually sent.
-public final class CurlEngine: Sendable {
+///
+/// As a `Service` the engine accepts work from `init` on and stops only when the group's graceful
+/// shutdown reaches it: list it before the services that send through it, so that they drain
+/// their in-flight sends first (a group shuts its services down in reverse order).
+public final class CurlEngine: Service, Sendable {
     private struct Shared {
         var queue: [Transfer] = []
         var cancelled: [Transfer] = []
         var stopping = false
+        /// The engine thread has left its loop: nothing will read `queue` or `cancelled` again.
+        var exited = false
+        /// Callers of `shutdown()` waiting for the thread to exit.
+        var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let shared = Mutex(Shared())
@@ -70,8 +80,6 @@ public final class CurlEngine: Sendable {
     private nonisolated(unsafe) let multi: UnsafeMutableRawPointer
     private let maxConnections: Int
     private let maxPerHost: Int
-    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
-    private let done = Mutex(false)
 
     static let globalInit: Bool = {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
@@ -92,44 +100,76 @@ public final class CurlEngine: Sendable {
         thread.start()
     }
 
+    /// Starts one transfer and returns at once. `completion` is called exactly once with the
+    /// response: on the engine thread when the transfer ends, or before `start` returns if the
+    /// engine no longer accepts work. Cancelling the returned handle abandons the transfer (it
+    /// comes back as `CURLE_ABORTED_BY_CALLBACK`); cancelling after it ended does nothing.
+    @discardableResult
+    public func start(
+        _ request: CurlRequest, completion: @escaping @Sendable (CurlResponse) -> Void
+    ) -> CurlTransferHandle {
+        let transfer = Transfer(request: request, completion: completion)
+        let accepted = shared.withLock { state -> Bool in
+            guard !state.stopping else { return false }
+            state.queue.append(transfer)
+            // A non-empty queue has a wake-up on its way already. Woken under the lock, so never
+            // after the engine thread has exited and freed the multi handle.
+            if state.queue.count == 1 { curl_multi_wakeup(multi) }
+            return true
+        }
+        if !accepted { transfer.abandon("the delivery engine is shutting down") }
+        return CurlTransferHandle(engine: self, transfer: transfer)
+    }
+
     /// Performs one transfer. Never throws: every failure is in the response. If the calling task
     /// is cancelled the transfer is abandoned and comes back as `CURLE_ABORTED_BY_CALLBACK`.
     public func perform(_ request: CurlRequest) async -> CurlResponse {
-        let holder = Mutex<Transfer?>(nil)
+        let holder = Mutex<CurlTransferHandle?>(nil)
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let transfer = Transfer(request: request, continuation: continuation)
-                holder.withLock { $0 = transfer }
-                // (accepted, the queue was empty): a non-empty queue has a wake-up on its way already.
-                let (accepted, wake) = shared.withLock { state -> (Bool, Bool) in
-                    guard !state.stopping else { return (false, false) }
-                    state.queue.append(transfer)
-                    return (true, state.queue.count == 1)
-                }
-                if !accepted {
-                    transfer.abandon("the delivery engine is shutting down")
-                } else if wake {
-                    curl_multi_wakeup(multi)
-                }
+                let handle = start(request) { continuation.resume(returning: $0) }
+                holder.withLock { $0 = handle }
+                // A cancellation that came before the handle was stored found nothing to cancel.
+                if Task.isCancelled { handle.cancel() }
             }
         } onCancel: {
-            if let transfer = holder.withLock({ $0 }) {
-                shared.withLock { $0.cancelled.append(transfer) }
-                curl_multi_wakeup(multi)
-            }
+            holder.withLock { $0 }?.cancel()
         }
     }
 
-    /// Lets queued and running transfers finish, then stops the thread. No `perform` after this.
+    /// Asks the engine thread to abandon `transfer` (and free its slot) if it has not ended.
+    fileprivate func cancel(_ transfer: Transfer) {
+        guard !transfer.isFinished else { return }
+        let running = shared.withLock { state -> Bool in
+            guard !state.exited else { return false }
+            state.cancelled.append(transfer)
+            curl_multi_wakeup(multi)
+            return true
+        }
+        // Not expected (every transfer ends before the thread exits), but never leave a caller waiting.
+        if !running { transfer.abandon("cancelled") }
+    }
+
+    /// Waits for the group's graceful shutdown (or cancellation), then stops as ``shutdown()`` does.
+    public func run() async throws {
+        // Cancelled rather than shut down gracefully: still let what is under way finish (every
+        // transfer has its time limits), so that no caller is left waiting.
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Lets queued and running transfers finish, then stops the thread; from here on every new
+    /// transfer is refused at once (`CURLE_ABORTED_BY_CALLBACK`). Calling it again waits likewise.
     public func shutdown() async {
-        shared.withLock { $0.stopping = true }
-        curl_multi_wakeup(multi)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let alreadyDone = done.withLock { isDone -> Bool in
-                if !isDone { finished.withLock { $0 = continuation } }
-                return isDone
+            let exited = shared.withLock { state -> Bool in
+                guard !state.exited else { return true }
+                state.stopping = true
+                state.shutdownWaiters.append(continuation)
+                curl_multi_wakeup(multi)
+                return false
             }
-            if alreadyDone { continuation.resume() }
+            if exited { continuation.resume() }
         }
     }
 
@@ -137,6 +177,8 @@ public final class CurlEngine: Sendable {
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         var idleHandles: [UnsafeMutableRawPointer] = []
         var slots = TransferSlots<Transfer>(total: maxConnections, perHost: maxPerHost)
+        // Host keys by URL: senders post to a handful of URLs, and parsing one per transfer costs.
+        var hostKeys: [String: String] = [:]
         /// Hands a transfer to libcurl: from here on its time limits run.
         func start(_ transfer: Transfer) {
             let handle = idleHandles.popLast() ?? curl_easy_init()!
@@ -161,9 +203,20 @@ public final class CurlEngine: Sendable {
                     slots.release(transfer.hostKey)
                 }
                 // A transfer still waiting for a slot is skipped when its turn comes.
-                transfer.abandon("cancelled: shutting down")
+                transfer.abandon("cancelled")
             }
-            for transfer in incoming where !transfer.isFinished { slots.enqueue(transfer) }
+            for transfer in incoming where !transfer.isFinished {
+                let url = transfer.request.url
+                if let key = hostKeys[url] {
+                    transfer.hostKey = key
+                } else {
+                    if hostKeys.count >= 256 { hostKeys.removeAll() }
+                    let key = Transfer.hostKey(url)
+                    hostKeys[url] = key
+                    transfer.hostKey = key
+                }
+                slots.enqueue(transfer)
+            }
             while let transfer = slots.next() { start(transfer) }
             if stopping && active.isEmpty && slots.waiting == 0 { break }
             var running: Int32 = 0
@@ -190,18 +243,40 @@ public final class CurlEngine: Sendable {
             if started { continue }
             if running > 0 || !active.isEmpty {
                 curl_multi_poll(multi, nil, 0, 1000, nil)
-            } else {
+            } else if !stopping {
                 // Nothing in flight: sleep until a request or shutdown wakes us.
                 curl_multi_poll(multi, nil, 0, 60_000, nil)
             }
+            // Stopping with nothing left: the check at the top ends the loop (the last transfer
+            // may have ended after the wake-up that said stop, which no poll would hear again).
         }
         for handle in idleHandles { curl_easy_cleanup(handle) }
-        curl_multi_cleanup(multi)
-        let waiter = done.withLock { isDone -> CheckedContinuation<Void, Never>? in
-            isDone = true
-            return finished.withLock { $0 }
+        // Marked exited, under the lock, before the multi handle goes: no wake-up reaches it after.
+        let (late, waiters) = shared.withLock { state in
+            state.exited = true
+            defer { state.cancelled = []; state.shutdownWaiters = [] }
+            return (state.cancelled, state.shutdownWaiters)
         }
-        waiter?.resume()
+        curl_multi_cleanup(multi)
+        for transfer in late { transfer.abandon("cancelled") }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Abandons one started transfer: see ``CurlEngine/start(_:completion:)``.
+public struct CurlTransferHandle: Sendable {
+    private let engine: CurlEngine
+    // Weak: a finished transfer (and its buffers) need not live as long as the handle.
+    private weak let transfer: Transfer?
+
+    fileprivate init(engine: CurlEngine, transfer: Transfer) {
+        self.engine = engine
+        self.transfer = transfer
+    }
+
+    /// Abandons the transfer if it has not ended; its completion then gets `CURLE_ABORTED_BY_CALLBACK`.
+    public func cancel() {
+        if let transfer { engine.cancel(transfer) }
     }
 }
 
@@ -278,9 +353,11 @@ protocol SlotHolder: AnyObject {
 /// One transfer's state on the engine thread: its options' storage, the response as it arrives.
 final class Transfer: SlotHolder, @unchecked Sendable {
     let request: CurlRequest
-    /// Scheme, host and port: the unit of the per-host limit.
-    let hostKey: String
-    private let continuation: CheckedContinuation<CurlResponse, Never>
+    /// Scheme, host and port: the unit of the per-host limit. Set by the engine thread before the
+    /// transfer waits for a slot.
+    var hostKey = ""
+    /// Called once with the response, then dropped (with whatever it captured).
+    private let completion: Mutex<(@Sendable (CurlResponse) -> Void)?>
     private var headerList: UnsafeMutablePointer<curl_slist>?
     private var recipientList: UnsafeMutablePointer<curl_slist>?
     private var strings: [UnsafeMutablePointer<CChar>] = []
@@ -291,18 +368,16 @@ final class Transfer: SlotHolder, @unchecked Sendable {
     var headers: [String: String] = [:]
     /// The last few SMTP reply lines (`250-…`, `550 …`), newest last.
     var replies: [String] = []
-    /// Set once the continuation has been resumed; guarded by the engine thread (or by being the
-    /// only owner before the transfer is queued).
-    private let finished = Mutex(false)
-    var isFinished: Bool { finished.withLock { $0 } }
+    /// Set once the transfer has ended (completed or abandoned).
+    var isFinished: Bool { completion.withLock { $0 == nil } }
 
-    /// Resumes the caller exactly once; later calls do nothing.
+    /// Calls the completion exactly once; later calls do nothing.
     private func finish(_ response: CurlResponse) {
-        let first = finished.withLock { done -> Bool in
-            defer { done = true }
-            return !done
+        let callback = completion.withLock { callback in
+            defer { callback = nil }
+            return callback
         }
-        if first { continuation.resume(returning: response) }
+        callback?(response)
     }
 
     /// Completes the transfer without a result from the wire.
@@ -311,10 +386,9 @@ final class Transfer: SlotHolder, @unchecked Sendable {
             code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), error: reason, responseCode: 0, headers: [:], body: Data()))
     }
 
-    init(request: CurlRequest, continuation: CheckedContinuation<CurlResponse, Never>) {
+    init(request: CurlRequest, completion: @escaping @Sendable (CurlResponse) -> Void) {
         self.request = request
-        hostKey = Self.hostKey(request.url)
-        self.continuation = continuation
+        self.completion = Mutex(completion)
         errorBuffer.initialize(to: 0)
     }
 
@@ -417,25 +491,41 @@ private let transferHeader: aftercare_curl_data_callback = { buffer, size, count
     let transfer = Unmanaged<Transfer>.fromOpaque(user!).takeUnretainedValue()
     let length = size * count
     guard let buffer else { return length }
-    let line = String(decoding: UnsafeRawBufferPointer(start: buffer, count: length), as: UTF8.self)
-    let code = line.utf8.prefix(4)
-    let isReply = code.count == 4 && code.prefix(3).allSatisfy { (0x30...0x39).contains($0) }
-        && (code.last == 0x20 || code.last == 0x2D)
-    if isReply {
-        // libcurl passes SMTP replies to the header callback: keep the latest, to quote the relay's own words.
-        transfer.replies.append(line.trimmingCharacters(in: .whitespacesAndNewlines))
-        if transfer.replies.count > 8 { transfer.replies.removeFirst() }
-    } else if line.hasPrefix("HTTP/") {
-        transfer.headers = [:]  // a new response (after 100 Continue, say): keep only the last one's headers
-    } else if let colon = line.firstIndex(of: ":") {
-        let name = line[..<colon].lowercased()
-        // Header values end in CRLF and may be padded with spaces or tabs (RFC 9110, 5.5).
-        var value = line[line.index(after: colon)...]
-        while value.first?.isWhitespace == true { value.removeFirst() }
-        while value.last?.isWhitespace == true { value.removeLast() }
-        transfer.headers[name] = String(value)
-    }
+    transfer.header(UnsafeRawBufferPointer(start: buffer, count: length))
     return length
+}
+
+extension Transfer {
+    /// One header line (or SMTP reply line) as libcurl hands it over, CRLF included. Read as bytes:
+    /// Strings are made only for what is kept.
+    func header(_ line: UnsafeRawBufferPointer) {
+        func isDigit(_ byte: UInt8) -> Bool { (0x30...0x39).contains(byte) }
+        // ASCII White_Space; a value that starts or ends with another byte is trimmed as Characters.
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || (0x09...0x0D).contains(byte) }
+        let count = line.count
+        if count >= 4, isDigit(line[0]), isDigit(line[1]), isDigit(line[2]), line[3] == 0x20 || line[3] == 0x2D {
+            // libcurl passes SMTP replies to the header callback: keep the latest, to quote the relay's own words.
+            replies.append(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            if replies.count > 8 { replies.removeFirst() }
+        } else if line.starts(with: "HTTP/".utf8) {
+            headers = [:]  // a new response (after 100 Continue, say): keep only the last one's headers
+        } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+            let name = String(decoding: UnsafeRawBufferPointer(rebasing: line[..<colon]), as: UTF8.self).lowercased()
+            // Header values end in CRLF and may be padded with spaces or tabs (RFC 9110, 5.5).
+            var start = colon + 1
+            var end = count
+            while start < end, isSpace(line[start]) { start += 1 }
+            while end > start, isSpace(line[end - 1]) { end -= 1 }
+            if start < end, line[start] >= 0x80 || line[end - 1] >= 0x80 {
+                var value = String(decoding: UnsafeRawBufferPointer(rebasing: line[start..<end]), as: UTF8.self)[...]
+                while value.first?.isWhitespace == true { value.removeFirst() }
+                while value.last?.isWhitespace == true { value.removeLast() }
+                headers[name] = String(value)
+            } else {
+                headers[name] = String(decoding: UnsafeRawBufferPointer(rebasing: line[start..<end]), as: UTF8.self)
+            }
+        }
+    }
 }
 
 private let transferRead: aftercare_curl_data_callback = { buffer, size, count, user in

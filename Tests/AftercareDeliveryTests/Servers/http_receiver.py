@@ -9,6 +9,7 @@ here, independently of aftercare, against --secret. Routes:
   /flaky/N            503 for the first N requests carrying a given webhook-id, then 204
   /reset              closes the connection with a TCP reset, answering nothing
   /hang               reads the request and never answers
+  /slow/MS            204 after MS milliseconds
   /drip               sends a 200 head, then one body byte a second
 
 Prints "READY <port>" once listening. Stops on SIGTERM.
@@ -100,6 +101,8 @@ class Handler(BaseHTTPRequestHandler):
         status = 204
         if route == "status":
             status = int(parts[1])
+        elif route == "slow":
+            time.sleep(int(parts[1]) / 1000)
         elif route == "flaky":
             key = self.headers.get("webhook-id", "")
             with log_lock:
