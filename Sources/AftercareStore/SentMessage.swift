@@ -60,9 +60,15 @@ public struct SentMessage: Sendable, Hashable {
 
     public static func hash(subject: String, body: String) -> String {
         var hasher = SHA256()
-        for part in [subject, body] {
-            hasher.update(data: Data((String(part.utf8.count) + ":").utf8))
-            hasher.update(data: Data(part.utf8))
+        var prefix: [UInt8] = []
+        prefix.reserveCapacity(24)
+        for var part in [subject, body] {
+            part.withUTF8 { utf8 in
+                prefix.removeAll(keepingCapacity: true)
+                CanonicalBytes.appendLength(utf8.count, to: &prefix)
+                prefix.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(utf8))
+            }
         }
         return Hex.encode(hasher.finalize())
     }
