@@ -301,7 +301,9 @@ struct LogAppender {
     /// Reads the chain's head in `db` (which must be inside a write transaction).
     init(_ db: Database) throws {
         database = db
-        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1") {
+        if let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1"))
+        {
             head = [UInt8](Data(hexString: row["hash"]) ?? Data(count: 32))
             nextSeq = row["seq"] as Int64 + 1
         } else {

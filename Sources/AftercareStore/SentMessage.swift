@@ -150,6 +150,8 @@ struct ProtocolKeeper {
     private let database: Database
     /// Versions already written in this transaction: a batch of attempts mostly shares a few.
     private var seen: Set<String> = []
+    /// Texts already written in this transaction: many patients get the same words.
+    private var seenMessages: Set<String> = []
 
     init(_ db: Database) throws {
         database = db
@@ -175,6 +177,7 @@ struct ProtocolKeeper {
     mutating func keep(_ message: SentMessage, now: Date) throws -> String {
         try keep(message.protocolVersion, now: now)
         let hash = message.hash
+        guard seenMessages.insert(hash).inserted else { return hash }
         var row = FastInsert(messageStatement, in: database)
         row.bind(hash)
         row.bind(message.subject)
