@@ -100,7 +100,8 @@ struct FastInsert {
     }
 
     private func failure(_ code: Int32) -> DatabaseError {
-        DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+        DatabaseError(
+            resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
     }
 
     /// Runs the statement and makes it ready for the next row.
@@ -110,9 +111,7 @@ struct FastInsert {
         sqlite3_reset(statement)
         sqlite3_clear_bindings(statement)
         index = 0
-        guard code == SQLITE_DONE else {
-            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
-        }
+        guard code == SQLITE_DONE else { throw failure(code) }
     }
 }
 

@@ -20,8 +20,8 @@ struct SeededGenerator: RandomNumberGenerator {
 /// Random text drawn from pieces that have tripped encoders before: NUL, separators, digits,
 /// line breaks, combining marks, emoji, CJK; long enough at times for two- and three-digit lengths.
 func randomText(_ random: inout SeededGenerator, maxPieces: Int = 40) -> String {
-    let pieces = ["a", "Z", "0", "9", ":", "-", "\u{0}", "\n", "\r\n", "é", "e\u{301}", "🩺", "👩‍⚕️", "診", " ", "\"", "\\",
-                  "\u{202E}", "\u{7F}", "ß"]
+    let pieces = ["a", "Z", "0", "9", ":", "-", "\u{0}", "\n", "\r\n", "é", "e\u{301}", "🩺", "👩‍⚕️", "診", " ", "\"",
+                  "\\", "\u{202E}", "\u{7F}", "ß"]
     let count = Int.random(in: 0...maxPieces, using: &random)
     return (0..<count).map { _ in pieces.randomElement(using: &random)! }.joined()
 }
@@ -41,8 +41,9 @@ struct DispatchBatchTests {
             at: date(), event: LogEvent.allCases.randomElement(using: &random)!, procedureID: text(),
             patientID: text(), stepID: text(), channel: text(), sender: text(), destination: text(),
             attempt: maybe(Int.random(in: Int.min...Int.max, using: &random)), startedAt: maybe(date()),
-            endedAt: maybe(date()), outcome: text(), responseCode: maybe(Int.random(in: -1000...1000, using: &random)),
-            error: text(), latencyMilliseconds: maybe(Double.random(in: -1e9...1e9, using: &random)), actor: text(),
+            endedAt: maybe(date()), outcome: text(),
+            responseCode: maybe(Int.random(in: -1000...1000, using: &random)), error: text(),
+            latencyMilliseconds: maybe(Double.random(in: -1e9...1e9, using: &random)), actor: text(),
             detail: Int.random(in: 0..<10, using: &random) == 0 ? randomText(&random, maxPieces: 400) : text(),
             protocolVersion: maybe(randomText(&random)), messageHash: maybe(randomText(&random))
         )
@@ -53,10 +54,14 @@ struct DispatchBatchTests {
         var random = SeededGenerator(state: 11)
         var encoder = LogRowEncoder()
         var edges = [LogEntry(at: Date(timeIntervalSince1970: 0), event: .attempt)]
-        edges.append(LogEntry(at: Date(timeIntervalSince1970: -0.0000004), event: .checkpoint, attempt: 0, responseCode: 0,
-                              latencyMilliseconds: 0))
-        edges.append(LogEntry(at: Date(timeIntervalSince1970: 1_795_000_000.1234565), event: .attempt, attempt: Int.min,
-                              responseCode: Int.max, latencyMilliseconds: 0.0005, protocolVersion: "", messageHash: nil))
+        edges.append(
+            LogEntry(
+                at: Date(timeIntervalSince1970: -0.0000004), event: .checkpoint, attempt: 0, responseCode: 0,
+                latencyMilliseconds: 0))
+        edges.append(
+            LogEntry(
+                at: Date(timeIntervalSince1970: 1_795_000_000.1234565), event: .attempt, attempt: Int.min,
+                responseCode: Int.max, latencyMilliseconds: 0.0005, protocolVersion: "", messageHash: nil))
         var checked = 0
         for entry in edges + (0..<5000).map({ _ in Self.randomEntry(&random) }) {
             let seq = Int64.random(in: Int64.min...Int64.max, using: &random)
@@ -75,7 +80,9 @@ struct DispatchBatchTests {
     func messageHashIsStable() {
         #expect(SentMessage.hash(subject: "Ice\u{0}é", body: String(repeating: "Hi 🩺 ", count: 3))
             == "93bc5148dce29848fda071e255799dc13bb3222b0bb4e725faf8dfcea9a325c8")
-        #expect(SentMessage.hash(subject: "", body: "") == "390feabc786e369e55b904251d643b52b52b691c60eb74a498ef7c6df993bf12")
+        #expect(
+            SentMessage.hash(subject: "", body: "")
+                == "390feabc786e369e55b904251d643b52b52b691c60eb74a498ef7c6df993bf12")
     }
 
     @Test("the routes column encodes any routes unambiguously and reads them back exactly")
@@ -127,7 +134,8 @@ struct DispatchBatchTests {
         var noName = Self.awkward
         noName.firstName = nil
         _ = try await store.ingest(
-            [Fixture.file("b.json", [.procedure(Self.procedure("P-2", noName))])], now: Fixture.base, plan: Fixture.plan)
+            [Fixture.file("b.json", [.procedure(Self.procedure("P-2", noName))])], now: Fixture.base,
+            plan: Fixture.plan)
         let patients = try await claimedPatients(store)
         #expect(patients["P\u{0}1"] == Self.awkward)
         #expect(patients["P-2"] == noName)
@@ -231,9 +239,9 @@ struct DispatchBatchTests {
                     """)
             let insert = try db.makeStatement(
                 sql: """
-                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash, status,
-                        ingested_at, updated_at) VALUES (?, 'trigger-point-injection', 1795000000, ?, ?, 'h', 'active',
-                        1795000000, 1795000000)
+                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
+                        status, ingested_at, updated_at) VALUES (?, 'trigger-point-injection', 1795000000, ?, ?, 'h',
+                        'active', 1795000000, 1795000000)
                     """)
             let reminder = try db.makeStatement(
                 sql: """
