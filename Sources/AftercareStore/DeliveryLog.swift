@@ -154,49 +154,196 @@ public enum LogChain {
 
     /// The hash of a row given the previous row's hash.
     public static func hash(previous: String, seq: Int64, _ entry: LogEntry) -> String {
-        var hasher = SHA256()
-        hasher.update(data: Data(hexString: previous) ?? Data(count: 32))
-        hasher.update(data: canonical(seq: seq, entry))
-        return Hex.encode(hasher.finalize())
+        var encoder = LogRowEncoder()
+        let previous = [UInt8](Data(hexString: previous) ?? Data(count: 32))
+        return Hex.encode(encoder.hash(previous: previous, seq: seq, entry))
     }
 }
 
-/// Appends rows to the chain inside the caller's transaction.
+/// Decimal digits and length prefixes written straight into a byte buffer.
+enum CanonicalBytes {
+    /// `value` in decimal, as `String(value)` spells it.
+    static func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
+        appendDecimal(magnitude: value, negative: false, to: &out, prefixed: false)
+    }
+
+    /// `<decimal length>:<decimal digits>` for `value`, as `put(String(value))` writes it.
+    static func appendPrefixedDecimal(_ value: Int64, to out: inout [UInt8]) {
+        appendDecimal(magnitude: value.magnitude, negative: value < 0, to: &out, prefixed: true)
+    }
+
+    private static func appendDecimal(magnitude: UInt64, negative: Bool, to out: inout [UInt8], prefixed: Bool) {
+        var count = 1
+        var rest = magnitude / 10
+        while rest > 0 {
+            count += 1
+            rest /= 10
+        }
+        let width = count + (negative ? 1 : 0)
+        if prefixed {
+            appendLength(width, to: &out)
+        }
+        if negative { out.append(UInt8(ascii: "-")) }
+        let start = out.count
+        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: count))
+        var value = magnitude
+        var index = start + count - 1
+        while value > 0 {
+            out[index] = UInt8(ascii: "0") + UInt8(value % 10)
+            value /= 10
+            index -= 1
+        }
+    }
+
+    /// `<decimal length>:`.
+    static func appendLength(_ length: Int, to out: inout [UInt8]) {
+        if length < 10 {
+            out.append(UInt8(ascii: "0") + UInt8(length))
+        } else {
+            appendDecimal(UInt64(length), to: &out)
+        }
+        out.append(UInt8(ascii: ":"))
+    }
+}
+
+/// ``LogChain/canonical(seq:_:)`` and ``LogChain/hash(previous:seq:_:)`` built in one reused byte
+/// buffer: the same bytes, without a `String` or `Data` per field. The appender hashes every row
+/// through it; the store's tests compare it with `canonical` on many random rows.
+struct LogRowEncoder {
+    private(set) var bytes: [UInt8] = []
+
+    init() { bytes.reserveCapacity(512) }
+
+    /// Encodes the row into `bytes`, replacing what was there.
+    mutating func encode(seq: Int64, _ entry: LogEntry) {
+        bytes.removeAll(keepingCapacity: true)
+        CanonicalBytes.appendPrefixedDecimal(seq, to: &bytes)
+        putTime(entry.at)
+        put(entry.event.rawValue)
+        put(entry.procedureID)
+        put(entry.patientID)
+        put(entry.stepID)
+        put(entry.channel)
+        put(entry.sender)
+        put(entry.destination)
+        put(entry.attempt.map(Int64.init))
+        putTime(entry.startedAt)
+        putTime(entry.endedAt)
+        put(entry.outcome)
+        put(entry.responseCode.map(Int64.init))
+        put(entry.error)
+        put(entry.latencyMilliseconds.map { Int64(($0 * 1000).rounded()) })
+        put(entry.actor)
+        put(entry.detail)
+        if entry.protocolVersion != nil || entry.messageHash != nil {
+            put(entry.protocolVersion)
+            put(entry.messageHash)
+        }
+    }
+
+    /// SHA-256 of `previous` (the previous row's hash as bytes) and the row's encoding.
+    mutating func hash(previous: [UInt8], seq: Int64, _ entry: LogEntry) -> SHA256.Digest {
+        encode(seq: seq, entry)
+        var hasher = SHA256()
+        previous.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+        bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+        return hasher.finalize()
+    }
+
+    private mutating func put(_ text: String?) {
+        guard var text else {
+            bytes.append(UInt8(ascii: "-"))
+            return
+        }
+        text.withUTF8 { utf8 in
+            CanonicalBytes.appendLength(utf8.count, to: &bytes)
+            bytes.append(contentsOf: utf8)
+        }
+    }
+
+    private mutating func put(_ number: Int64?) {
+        guard let number else {
+            bytes.append(UInt8(ascii: "-"))
+            return
+        }
+        CanonicalBytes.appendPrefixedDecimal(number, to: &bytes)
+    }
+
+    private mutating func putTime(_ date: Date?) {
+        put(date.map { Int64(($0.timeIntervalSince1970 * 1e6).rounded()) })
+    }
+}
+
+/// Appends rows to the chain inside the caller's transaction. Rows given together go in with
+/// multi-row `INSERT`s (fewer statement runs per row); each row's hash chains to the one before.
 struct LogAppender {
-    private var head: String
+    /// The previous row's hash as the chain hashes it (its hex decoded; 32 zero bytes if not hex).
+    private var head: [UInt8]
     private var nextSeq: Int64
-    private let statement: Statement
+    private var encoder = LogRowEncoder()
+    private var hexHash = [UInt8](repeating: 0, count: 64)
+    /// Statements inserting 64, 16, 4 and 1 rows, largest first.
+    private let inserts: [(rows: Int, statement: Statement)]
     private let database: Database
+
+    private static let columnCount = 21
+    private static let chunkSizes = [64, 16, 4, 1]
+    private static let sql: [String] = chunkSizes.map { rows in
+        let row = "(" + Array(repeating: "?", count: columnCount).joined(separator: ", ") + ")"
+        return """
+            INSERT INTO delivery_log (seq, at, event, procedure_id, patient_id, step_id, channel, sender,
+                destination, attempt, started_at, ended_at, outcome, response_code, error, latency_ms, actor,
+                detail, protocol_version, message_hash, hash)
+            VALUES
+            """ + Array(repeating: row, count: rows).joined(separator: ", ")
+    }
 
     /// Reads the chain's head in `db` (which must be inside a write transaction).
     init(_ db: Database) throws {
         database = db
-        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1") {
-            head = row["hash"]
+        if let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT seq, hash FROM delivery_log ORDER BY seq DESC LIMIT 1"))
+        {
+            head = [UInt8](Data(hexString: row["hash"]) ?? Data(count: 32))
             nextSeq = row["seq"] as Int64 + 1
         } else {
-            head = LogChain.genesis
+            head = [UInt8](repeating: 0, count: 32)
             nextSeq = 1
         }
-        statement = try db.cachedStatement(
-            sql: """
-                INSERT INTO delivery_log (seq, at, event, procedure_id, patient_id, step_id, channel, sender,
-                    destination, attempt, started_at, ended_at, outcome, response_code, error, latency_ms, actor,
-                    detail, protocol_version, message_hash, hash)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        )
+        inserts = try zip(Self.chunkSizes, Self.sql).map { rows, sql in (rows, try db.cachedStatement(sql: sql)) }
     }
 
     mutating func append(_ entry: LogEntry) throws {
+        try append(contentsOf: CollectionOfOne(entry))
+    }
+
+    /// Appends `entries` in order.
+    mutating func append<Entries: Collection<LogEntry>>(contentsOf entries: Entries) throws {
+        var next = entries.startIndex
+        var remaining = entries.count
+        while remaining > 0 {
+            let (rows, statement) = inserts.first { $0.rows <= remaining }!
+            var insert = FastInsert(statement, in: database)
+            for _ in 0..<rows {
+                bind(entries[next], to: &insert)
+                entries.formIndex(after: &next)
+            }
+            try insert.run()
+            remaining -= rows
+        }
+    }
+
+    private mutating func bind(_ entry: LogEntry, to row: inout FastInsert) {
         // Times are stored at the microsecond, exactly as the chain hashes them.
         var entry = entry
         entry.at = Self.roundMicros(entry.at)!
         entry.startedAt = Self.roundMicros(entry.startedAt)
         entry.endedAt = Self.roundMicros(entry.endedAt)
         entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
-        let hash = LogChain.hash(previous: head, seq: nextSeq, entry)
-        var row = FastInsert(statement, in: database)
+        let digest = encoder.hash(previous: head, seq: nextSeq, entry)
+        head.removeAll(keepingCapacity: true)
+        head.append(contentsOf: digest)
+        Self.hex(head, into: &hexHash)
         row.bind(nextSeq)
         row.bind(entry.at.timeIntervalSince1970)
         row.bind(entry.event.rawValue)
@@ -217,10 +364,18 @@ struct LogAppender {
         row.bind(entry.detail)
         row.bind(entry.protocolVersion)
         row.bind(entry.messageHash)
-        row.bind(hash)
-        try row.run()
-        head = hash
+        row.bindText(hexHash)
         nextSeq += 1
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    private static func hex(_ bytes: [UInt8], into out: inout [UInt8]) {
+        out.removeAll(keepingCapacity: true)
+        for byte in bytes {
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0x0F)])
+        }
     }
 
     static func roundMicros(_ date: Date?) -> Date? {

@@ -84,59 +84,65 @@ public struct Attempt: Sendable {
 
 extension ReminderStore {
     /// Claims up to `limit` reminders due at `now`, earliest first, under a fresh lease that lapses
-    /// at `now + leaseSeconds`. One `BEGIN IMMEDIATE` transaction.
+    /// at `now + leaseSeconds`. One `BEGIN IMMEDIATE` transaction: one query reads the batch with its
+    /// patients' columns, one `UPDATE` takes the same rows (the same plan in the same transaction).
     public func claimDue(now: Date, limit: Int, leaseSeconds: Double) async throws -> [ClaimedReminder] {
         try await transaction { db in
-            let rows = try Row.fetchAll(
-                db.cachedStatement(
+            var due = FastInsert(
+                try db.cachedStatement(
                     sql: """
-                        SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
-                            r.nominal_at, r.due_at, r.expires_at, r.attempts,
-                            CAST(r.failed_routes AS BLOB) AS failed_routes,
-                            CAST(p.protocol_id AS BLOB) AS protocol_id, p.performed_at,
-                            CAST(p.patient_json AS BLOB) AS patient_json
+                        SELECT r.procedure_id, r.step_id, r.nominal_at, r.due_at, r.expires_at, r.attempts,
+                            r.failed_routes, p.protocol_id, p.performed_at, p.patient_id, p.first_name, p.time_zone,
+                            p.routes
                         FROM reminder r INDEXED BY reminder_due JOIN procedure p ON p.id = r.procedure_id
                         WHERE r.state = 'scheduled' AND r.due_at <= ?
                         ORDER BY r.due_at LIMIT ?
                         """
-                ),
-                arguments: [now.timeIntervalSince1970, limit]
-            )
-            guard !rows.isEmpty else { return [] }
+                ), in: db)
+            due.bind(now.timeIntervalSince1970)
+            due.bind(limit)
             let token = Int64.random(in: 1...Int64.max)
-            let update = try db.cachedStatement(
-                sql: """
-                    UPDATE reminder SET state = 'claimed', lease_token = ?, lease_expires_at = ?, updated_at = ?
-                    WHERE procedure_id = ? AND step_id = ? AND state = 'scheduled'
-                    """
-            )
             var claimed: [ClaimedReminder] = []
-            claimed.reserveCapacity(rows.count)
-            let decoder = JSONDecoder()
-            var claim = FastInsert(update, in: db)
-            for row in rows {
-                let procedureID = row.text("procedure_id") ?? ""
-                let stepID = row.text("step_id") ?? ""
-                claim.bind(token)
-                claim.bind(now.timeIntervalSince1970 + leaseSeconds)
-                claim.bind(now.timeIntervalSince1970)
-                claim.bind(procedureID)
-                claim.bind(stepID)
-                try claim.run()
-                let patient = try decoder.decode(Patient.self, from: row["patient_json"] as Data)
+            claimed.reserveCapacity(min(limit, 4096))
+            try due.rows { row in
+                guard let routes = PatientColumns.decodeRoutes(row.bytes(12)) else {
+                    throw StoreError("procedure \(row.text(0) ?? "") has unreadable routes in the database")
+                }
+                let failed = row.text(6)
+                let patient = Patient(
+                    id: row.text(9) ?? "", firstName: row.text(10), timeZone: row.text(11) ?? "", routes: routes)
                 claimed.append(
                     ClaimedReminder(
                         procedure: Procedure(
-                            id: procedureID, protocolID: row.text("protocol_id") ?? "",
-                            performedAt: Date(timeIntervalSince1970: row["performed_at"]), patient: patient
+                            id: row.text(0) ?? "", protocolID: row.text(7) ?? "",
+                            performedAt: Date(timeIntervalSince1970: row.double(8)), patient: patient
                         ),
-                        stepID: stepID, nominalAt: Date(timeIntervalSince1970: row["nominal_at"]),
-                        dueAt: Date(timeIntervalSince1970: row["due_at"]),
-                        expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
-                        attempt: row["attempts"] as Int + 1, leaseToken: token,
-                        failedRoutes: Set((row.text("failed_routes") ?? "").split(separator: "\n").map(String.init))
+                        stepID: row.text(1) ?? "", nominalAt: Date(timeIntervalSince1970: row.double(2)),
+                        dueAt: Date(timeIntervalSince1970: row.double(3)),
+                        expiresAt: Date(timeIntervalSince1970: row.double(4)),
+                        attempt: Int(row.int64(5)) + 1, leaseToken: token,
+                        failedRoutes: failed.map { Set($0.split(separator: "\n").map(String.init)) } ?? []
                     )
                 )
+            }
+            guard !claimed.isEmpty else { return [] }
+            var claim = FastInsert(
+                try db.cachedStatement(
+                    sql: """
+                        UPDATE reminder SET state = 'claimed', lease_token = ?, lease_expires_at = ?, updated_at = ?
+                        WHERE (procedure_id, step_id) IN (
+                            SELECT procedure_id, step_id FROM reminder INDEXED BY reminder_due
+                            WHERE state = 'scheduled' AND due_at <= ? ORDER BY due_at LIMIT ?)
+                        """
+                ), in: db)
+            claim.bind(token)
+            claim.bind(now.timeIntervalSince1970 + leaseSeconds)
+            claim.bind(now.timeIntervalSince1970)
+            claim.bind(now.timeIntervalSince1970)
+            claim.bind(limit)
+            try claim.run()
+            guard db.changesCount == claimed.count else {
+                throw StoreError("claimed \(db.changesCount) reminder(s) but read \(claimed.count)")
             }
             return claimed
         }
@@ -152,9 +158,11 @@ extension ReminderStore {
     @discardableResult
     public func record(_ outcomes: [(ClaimedReminder, Resolution)], now: Date) async throws -> Int {
         try await transaction { db in
-            var log = try LogAppender(db)
             var texts = try ProtocolKeeper(db)
             var fenced = 0
+            // Every row of the batch, in order, appended together at the end.
+            var logRows: [LogEntry] = []
+            logRows.reserveCapacity(outcomes.count + outcomes.count / 4)
             var update = FastInsert(
                 try db.cachedStatement(
                     sql: """
@@ -281,8 +289,10 @@ extension ReminderStore {
                         }
                     }
                 }
-                for entry in entries { try log.append(entry) }
+                logRows.append(contentsOf: entries)
             }
+            var log = try LogAppender(db)
+            try log.append(contentsOf: logRows)
             return fenced
         }
     }
@@ -330,39 +340,33 @@ extension ReminderStore {
     @discardableResult
     public func recoverClaims(now: Date, all: Bool = false) async throws -> Int {
         try await transaction { db in
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT CAST(r.procedure_id AS BLOB) AS procedure_id, CAST(r.step_id AS BLOB) AS step_id,
-                        CAST(p.patient_id AS BLOB) AS patient_id
-                    FROM reminder r INDEXED BY reminder_leased JOIN procedure p ON p.id = r.procedure_id
-                    WHERE r.state = 'claimed' AND (? OR r.lease_expires_at <= ?)
-                    """,
-                arguments: [all, now.timeIntervalSince1970]
-            )
-            guard !rows.isEmpty else { return 0 }
-            var log = try LogAppender(db)
-            var update = FastInsert(
+            var recover = FastInsert(
                 try db.cachedStatement(
                     sql: """
-                        UPDATE reminder SET state = 'scheduled', lease_token = NULL, lease_expires_at = NULL,
-                            updated_at = ? WHERE procedure_id = ? AND step_id = ? AND state = 'claimed'
+                        UPDATE reminder INDEXED BY reminder_leased
+                        SET state = 'scheduled', lease_token = NULL, lease_expires_at = NULL, updated_at = ?
+                        WHERE state = 'claimed' AND (? OR lease_expires_at <= ?)
+                        RETURNING procedure_id, step_id,
+                            (SELECT patient_id FROM procedure WHERE id = reminder.procedure_id)
                         """
                 ), in: db)
-            for row in rows {
-                update.bind(now.timeIntervalSince1970)
-                update.bind(row.text("procedure_id"))
-                update.bind(row.text("step_id"))
-                try update.run()
-                try log.append(
+            recover.bind(now.timeIntervalSince1970)
+            recover.bind(all ? 1 : 0)
+            recover.bind(now.timeIntervalSince1970)
+            let detail = all ? "claim held at shutdown or crash returned to the queue" : "lease lapsed"
+            var entries: [LogEntry] = []
+            try recover.rows { row in
+                entries.append(
                     LogEntry(
-                        at: now, event: .recovered, procedureID: row.text("procedure_id"),
-                        patientID: row.text("patient_id"), stepID: row.text("step_id"),
-                        detail: all ? "claim held at shutdown or crash returned to the queue" : "lease lapsed"
+                        at: now, event: .recovered, procedureID: row.text(0), patientID: row.text(2),
+                        stepID: row.text(1), detail: detail
                     )
                 )
             }
-            return rows.count
+            guard !entries.isEmpty else { return 0 }
+            var log = try LogAppender(db)
+            try log.append(contentsOf: entries)
+            return entries.count
         }
     }
 

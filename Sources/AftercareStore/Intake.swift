@@ -236,12 +236,14 @@ extension ReminderStore {
             try db.execute(
                 sql: """
                     UPDATE procedure SET performed_at = ?, planned_at = ?, patient_json = CAST(? AS TEXT),
-                        updated_at = ?
+                        first_name = CAST(? AS TEXT), time_zone = CAST(? AS TEXT), routes = ?, updated_at = ?
                     WHERE id = CAST(? AS TEXT)
                     """,
                 arguments: [
                     plannedAt.timeIntervalSince1970, plannedAt.timeIntervalSince1970,
-                    exact(encodePatient(procedure.patient)), now.timeIntervalSince1970, exact(procedureID),
+                    exact(encodePatient(procedure.patient)), procedure.patient.firstName.map(exact),
+                    exact(procedure.patient.timeZone), PatientColumns.routes(procedure.patient.routes),
+                    now.timeIntervalSince1970, exact(procedureID),
                 ]
             )
             try log.append(
@@ -368,13 +370,15 @@ extension ReminderStore {
             }
             try db.execute(
                 sql: """
-                    UPDATE procedure SET performed_at = ?, patient_json = CAST(? AS TEXT), content_hash = ?,
-                        updated_at = ?
+                    UPDATE procedure SET performed_at = ?, patient_json = CAST(? AS TEXT), first_name = CAST(? AS TEXT),
+                        time_zone = CAST(? AS TEXT), routes = ?, content_hash = ?, updated_at = ?
                     WHERE id = CAST(? AS TEXT)
                     """,
                 arguments: [
                     procedure.performedAt.timeIntervalSince1970, exact(encodePatient(procedure.patient)),
-                    contentHash(procedure), now.timeIntervalSince1970, exact(procedureID),
+                    procedure.patient.firstName.map(exact), exact(procedure.patient.timeZone),
+                    PatientColumns.routes(procedure.patient.routes), contentHash(procedure), now.timeIntervalSince1970,
+                    exact(procedureID),
                 ]
             )
             // Never-tried expired steps are re-planned too: they may have expired only because of the
@@ -547,8 +551,9 @@ extension ReminderStore {
         var procedureRow = FastInsert(
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, content_hash,
-                        status, ingested_at, updated_at, planned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, first_name,
+                        time_zone, routes, content_hash, status, ingested_at, updated_at, planned_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ), in: db)
         procedureRow.bind(procedure.id)
@@ -556,6 +561,9 @@ extension ReminderStore {
         procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
         procedureRow.bind(procedure.patient.id)
         procedureRow.bind(encodePatient(procedure.patient))
+        procedureRow.bind(procedure.patient.firstName)
+        procedureRow.bind(procedure.patient.timeZone)
+        procedureRow.bind(PatientColumns.routes(procedure.patient.routes))
         procedureRow.bind(hash)
         procedureRow.bind(status)
         procedureRow.bind(now.timeIntervalSince1970)
@@ -646,8 +654,15 @@ extension ReminderStore {
             // Refused like a new procedure whose routes no configured channel can take.
             _ = try planOrThrow(corrected, now: now, plan: plan)
             try db.execute(
-                sql: "UPDATE procedure SET patient_json = CAST(? AS TEXT), updated_at = ? WHERE id = CAST(? AS TEXT)",
-                arguments: [exact(encodePatient(patient)), now.timeIntervalSince1970, exact(id)]
+                sql: """
+                    UPDATE procedure SET patient_json = CAST(? AS TEXT), first_name = CAST(? AS TEXT),
+                        time_zone = CAST(? AS TEXT), routes = ?, updated_at = ?
+                    WHERE id = CAST(? AS TEXT)
+                    """,
+                arguments: [
+                    exact(encodePatient(patient)), patient.firstName.map(exact), exact(patient.timeZone),
+                    PatientColumns.routes(patient.routes), now.timeIntervalSince1970, exact(id),
+                ]
             )
             try log.append(
                 LogEntry(

@@ -104,7 +104,7 @@ public final class ReminderStore: Sendable {
 
 /// The schema and its migrations. `user_version` records how far a file has come.
 enum Schema {
-    static let version = 3
+    static let version = 4
 
     static func migrate(_ writer: any DatabaseWriter) throws {
         var migrator = DatabaseMigrator()
@@ -241,6 +241,56 @@ enum Schema {
             )
             try db.execute(sql: "PRAGMA user_version = 3")
         }
+        // A claim reads the patient's first name, zone and routes from columns of their own
+        // (``PatientColumns``) instead of decoding `patient_json`; rows from before are filled from it.
+        migrator.registerMigration("v4") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE procedure ADD COLUMN first_name TEXT;
+                    ALTER TABLE procedure ADD COLUMN time_zone TEXT;
+                    ALTER TABLE procedure ADD COLUMN routes BLOB;
+                    """
+            )
+            try backfillPatientColumns(db)
+            try db.execute(sql: "PRAGMA user_version = 4")
+        }
         try migrator.migrate(writer)
+    }
+
+    /// Fills the patient columns of every procedure from its `patient_json`, a page of ids at a time
+    /// (a large file is not read into memory at once).
+    static func backfillPatientColumns(_ db: Database) throws {
+        let pageStatement = try db.makeStatement(
+            sql: """
+                SELECT id, patient_json FROM procedure WHERE ?1 IS NULL OR id > CAST(?1 AS TEXT)
+                ORDER BY id LIMIT 1000
+                """)
+        let fillStatement = try db.makeStatement(
+            sql: "UPDATE procedure SET first_name = ?, time_zone = ?, routes = ? WHERE id = ?")
+        var page = FastInsert(pageStatement, in: db)
+        var fill = FastInsert(fillStatement, in: db)
+        let decoder = JSONDecoder()
+        var after: Data?
+        while true {
+            var patients: [(id: String, patient: Patient)] = []
+            page.bind(after)
+            try page.rows { row in
+                let id = row.text(0) ?? ""
+                do {
+                    patients.append((id, try decoder.decode(Patient.self, from: Data(row.bytes(1)))))
+                } catch {
+                    throw StoreError("procedure \(id): its stored patient details cannot be read (\(error))")
+                }
+            }
+            guard let last = patients.last else { return }
+            for (id, patient) in patients {
+                fill.bind(patient.firstName)
+                fill.bind(patient.timeZone)
+                fill.bind(PatientColumns.routes(patient.routes))
+                fill.bind(id)
+                try fill.run()
+            }
+            after = Data(last.id.utf8)
+        }
     }
 }

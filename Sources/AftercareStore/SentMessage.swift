@@ -60,9 +60,15 @@ public struct SentMessage: Sendable, Hashable {
 
     public static func hash(subject: String, body: String) -> String {
         var hasher = SHA256()
-        for part in [subject, body] {
-            hasher.update(data: Data((String(part.utf8.count) + ":").utf8))
-            hasher.update(data: Data(part.utf8))
+        var prefix: [UInt8] = []
+        prefix.reserveCapacity(24)
+        for var part in [subject, body] {
+            part.withUTF8 { utf8 in
+                prefix.removeAll(keepingCapacity: true)
+                CanonicalBytes.appendLength(utf8.count, to: &prefix)
+                prefix.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(utf8))
+            }
         }
         return Hex.encode(hasher.finalize())
     }
@@ -144,6 +150,8 @@ struct ProtocolKeeper {
     private let database: Database
     /// Versions already written in this transaction: a batch of attempts mostly shares a few.
     private var seen: Set<String> = []
+    /// Texts already written in this transaction: many patients get the same words.
+    private var seenMessages: Set<String> = []
 
     init(_ db: Database) throws {
         database = db
@@ -169,6 +177,7 @@ struct ProtocolKeeper {
     mutating func keep(_ message: SentMessage, now: Date) throws -> String {
         try keep(message.protocolVersion, now: now)
         let hash = message.hash
+        guard seenMessages.insert(hash).inserted else { return hash }
         var row = FastInsert(messageStatement, in: database)
         row.bind(hash)
         row.bind(message.subject)

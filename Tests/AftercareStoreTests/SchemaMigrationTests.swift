@@ -128,7 +128,7 @@ struct SchemaMigrationTests {
         #expect(claimed.map(\.stepID) == ["ice"])
         #expect(claimed.first?.failedRoutes.isEmpty == true)
         let reader = try DatabaseQueue(path: path)
-        #expect(try await reader.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") } == 3)
+        #expect(try await reader.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") } == 4)
         #expect(try await reader.read { db in try db.foreignKeyViolations().next() == nil })
     }
 }
