@@ -87,7 +87,9 @@ extension ReminderStore {
     /// at `now + leaseSeconds`. One `BEGIN IMMEDIATE` transaction: one query reads the batch with its
     /// patients' columns, one `UPDATE` takes the same rows (the same plan in the same transaction).
     public func claimDue(now: Date, limit: Int, leaseSeconds: Double) async throws -> [ClaimedReminder] {
-        try await transaction { db in
+        // Not durable: a claim a crash loses leaves the reminder scheduled, and a crash returns every
+        // claim to the queue at the next start anyway.
+        try await transaction(durable: false) { db in
             var due = FastInsert(
                 try db.cachedStatement(
                     sql: """

@@ -85,8 +85,17 @@ public final class ReminderStore: Sendable {
     }
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction on the writer, off the cooperative pool.
-    func transaction<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    ///
+    /// A transaction that need not survive a crash (a claim: a lost one only means the reminder is
+    /// claimed again) passes `durable: false` and commits without waiting for the disk. It is made
+    /// durable by the next durable commit (the write-ahead log is one file, synced in order), and
+    /// nothing a crash could lose from it matters.
+    func transaction<T: Sendable>(
+        durable: Bool = true, _ body: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
         try await writer.writeWithoutTransaction { db in
+            if !durable { try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            defer { if !durable { try? db.execute(sql: "PRAGMA synchronous = FULL") } }
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)
