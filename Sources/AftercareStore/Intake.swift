@@ -7,14 +7,39 @@ import GRDB
 public struct IntakeBatchFile: Sendable {
     /// The file's name in the spool (for log rows and messages).
     public var name: String
-    public var requests: [IntakeRequest]
+    public var requests: [IntakeRequest] {
+        didSet { prepared = Self.prepare(requests) }
+    }
     /// Who dropped the file (the Unix owner), recorded on the log rows of staff requests.
     public var actor: String
+    /// For each procedure or booking, what is stored of it that needs no database: worked out where
+    /// the file is built (the daemon builds it where it parses), so the writer's transaction, which
+    /// every intake waits on, need not.
+    var prepared: [PreparedProcedure?]
 
     public init(name: String, requests: [IntakeRequest], actor: String) {
         self.name = name
         self.requests = requests
         self.actor = actor
+        prepared = Self.prepare(requests)
+    }
+
+    struct PreparedProcedure: Sendable {
+        var hash: String
+        var patientJSON: String
+    }
+
+    static func prepare(_ requests: [IntakeRequest]) -> [PreparedProcedure?] {
+        requests.map { request in
+            switch request {
+            case .procedure(let procedure, _), .book(let procedure):
+                return PreparedProcedure(
+                    hash: ReminderStore.contentHash(procedure),
+                    patientJSON: ReminderStore.encodePatient(procedure.patient))
+            default:
+                return nil
+            }
+        }
     }
 }
 
@@ -47,8 +72,10 @@ extension ReminderStore {
                 try db.inSavepoint {
                     do {
                         var counts = IntakeCounts()
-                        for request in file.requests {
-                            try Self.apply(request, file: file, now: now, plan: plan, db: db, log: &log, counts: &counts)
+                        for (request, prepared) in zip(file.requests, file.prepared) {
+                            try Self.apply(
+                                request, prepared: prepared, file: file, now: now, plan: plan, db: db, log: &log,
+                                counts: &counts)
                         }
                         outcome = .applied(summary: counts.summary)
                         return .commit
@@ -140,6 +167,7 @@ extension ReminderStore {
 
     private static func apply(
         _ request: IntakeRequest,
+        prepared: IntakeBatchFile.PreparedProcedure?,
         file: IntakeBatchFile,
         now: Date,
         plan: PlanFunction,
@@ -149,7 +177,7 @@ extension ReminderStore {
     ) throws {
         switch request {
         case .procedure(let procedure, let force):
-            let hash = contentHash(procedure)
+            let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
                 if existing.status == "booked" || existing.status == "not_performed" {
                     throw IntakeError(
@@ -174,7 +202,9 @@ extension ReminderStore {
             {
                 throw IntakeError(procedureID: procedure.id, problem: problem)
             }
-            try insertProcedure(procedure, hash: hash, status: "active", plannedAt: nil, now: now, db: db)
+            try insertProcedure(
+                procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "active", plannedAt: nil, now: now,
+                db: db)
             let expired = try insertPlan(procedure, planned, now: now, db: db, log: &log)
             try log.append(
                 LogEntry(
@@ -190,7 +220,7 @@ extension ReminderStore {
             counts.expired += expired
 
         case .book(let procedure):
-            let hash = contentHash(procedure)
+            let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
                 // The same booking again (resent, even after it was moved or performed) is known.
                 guard existing.hash == hash else {
@@ -208,7 +238,8 @@ extension ReminderStore {
             // Checked now so a booking that could never be planned is refused while staff are there.
             _ = try planOrThrow(procedure, now: now, plan: plan)
             try insertProcedure(
-                procedure, hash: hash, status: "booked", plannedAt: procedure.performedAt, now: now, db: db)
+                procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "booked",
+                plannedAt: procedure.performedAt, now: now, db: db)
             try log.append(
                 LogEntry(
                     at: now, event: .booked, procedureID: procedure.id, patientID: procedure.patient.id,
@@ -542,7 +573,8 @@ extension ReminderStore {
     }
 
     private static func insertProcedure(
-        _ procedure: Procedure, hash: String, status: String, plannedAt: Date?, now: Date, db: Database
+        _ procedure: Procedure, hash: String, patientJSON: String?, status: String, plannedAt: Date?, now: Date,
+        db: Database
     ) throws {
         var procedureRow = FastInsert(
             try db.cachedStatement(
@@ -555,7 +587,7 @@ extension ReminderStore {
         procedureRow.bind(procedure.protocolID)
         procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
         procedureRow.bind(procedure.patient.id)
-        procedureRow.bind(encodePatient(procedure.patient))
+        procedureRow.bind(patientJSON ?? encodePatient(procedure.patient))
         procedureRow.bind(hash)
         procedureRow.bind(status)
         procedureRow.bind(now.timeIntervalSince1970)

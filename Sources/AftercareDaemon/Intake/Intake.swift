@@ -107,9 +107,9 @@ public struct Intake: Sendable {
                     continue
                 }
                 await refuse(file, reason: Self.describe(error), procedureID: error.procedureID, actor: actor)
-            case .parsed(let requests, let actor):
-                batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: actor)))
-                batchRequests += requests.count
+            case .parsed(let parsed):
+                batch.append((file, parsed))
+                batchRequests += parsed.requests.count
                 if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
                     if !(await submit(batch)) { return failed() }
                     batch.removeAll(keepingCapacity: true)
@@ -128,7 +128,8 @@ public struct Intake: Sendable {
         case later(String)
         case refused(String, actor: String)
         case unreadable(IntakeError, actor: String)
-        case parsed([IntakeRequest], actor: String)
+        /// Ready for the store, with what it stores of each procedure worked out here, off its writer.
+        case parsed(IntakeBatchFile)
     }
 
     /// Reads and parses one file: blocking work, for the file-work queue only.
@@ -141,7 +142,8 @@ public struct Intake: Sendable {
         case .refused(let reason): return .refused(reason, actor: actor(file.ownerUID, data: Data()))
         }
         do {
-            return .parsed(try IntakeCodec.decode(data), actor: actor(file.ownerUID, data: data))
+            let requests = try IntakeCodec.decode(data)
+            return .parsed(IntakeBatchFile(name: file.name, requests: requests, actor: actor(file.ownerUID, data: data)))
         } catch {
             return .unreadable(error, actor: actor(file.ownerUID, data: data))
         }
