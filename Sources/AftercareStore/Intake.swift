@@ -2,6 +2,7 @@ import AftercareCore
 import Crypto
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// One intake file, parsed, as the daemon hands it to the store.
 public struct IntakeBatchFile: Sendable {
@@ -551,11 +552,38 @@ extension ReminderStore {
         }
     }
 
+    /// Looked up for every procedure ingested, so read through the SQLite C API directly (as
+    /// ``FastInsert`` writes): GRDB's rows and boxed arguments cost more than the look-up itself.
     private static func existingProcedure(_ id: String, db: Database) throws -> (hash: String, status: String)? {
-        try Row.fetchOne(
-            db.cachedStatement(sql: "SELECT content_hash, status FROM procedure WHERE id = CAST(? AS TEXT)"),
-            arguments: [exact(id)]
-        ).map { (hash: $0["content_hash"], status: $0["status"]) }
+        let statement = try db.cachedStatement(
+            sql: "SELECT content_hash, status FROM procedure WHERE id = CAST(? AS TEXT)"
+        ).sqliteStatement
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        var key = id
+        // The id's exact bytes, as `exact` binds them: a NUL inside it is kept.
+        var code = key.withUTF8 { bytes in
+            sqlite3_bind_blob(
+                statement, 1, UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!),
+                Int32(clamping: bytes.count), unsafeBitCast(-1, to: sqlite3_destructor_type.self))
+        }
+        if code == SQLITE_OK { code = sqlite3_step(statement) }
+        switch code {
+        case SQLITE_ROW:
+            func text(_ column: Int32) -> String {
+                guard let bytes = sqlite3_column_text(statement, column) else { return "" }
+                let count = Int(sqlite3_column_bytes(statement, column))
+                return String(decoding: UnsafeBufferPointer(start: bytes, count: count), as: UTF8.self)
+            }
+            return (hash: text(0), status: text(1))
+        case SQLITE_DONE:
+            return nil
+        default:
+            throw DatabaseError(
+                resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+        }
     }
 
     private static func procedureStatus(_ id: String, db: Database) throws -> String {
@@ -596,29 +624,41 @@ extension ReminderStore {
         try procedureRow.run()
     }
 
+    /// Rows per reminder INSERT: a protocol's whole plan, for any protocol of ordinary length.
+    static let remindersPerInsert = 16
+
+    /// The reminder INSERT for as many rows as the index says.
+    static let reminderInsertSQL: [String] = (0...remindersPerInsert).map { rows in
+        """
+        INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error, updated_at)
+        VALUES
+        """ + " " + Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?)", count: rows).joined(separator: ", ")
+    }
+
     /// Inserts a procedure's planned reminders, logging the ones planned expired. Returns how many.
     private static func insertPlan(
         _ procedure: Procedure, _ planned: [PlannedReminder], now: Date, db: Database, log: inout LogAppender
     ) throws -> Int {
-        let insert = try db.cachedStatement(
-            sql: """
-                INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
-                    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        )
         var expired = 0
-        var row = FastInsert(insert, in: db)
-        for reminder in planned {
-            row.bind(procedure.id)
-            row.bind(reminder.stepID)
-            row.bind(reminder.nominalAt.timeIntervalSince1970)
-            row.bind(reminder.dueAt.timeIntervalSince1970)
-            row.bind(reminder.expiresAt.timeIntervalSince1970)
-            row.bind(reminder.state.rawValue)
-            row.bind(reminder.state == .expired ? reminder.note : nil)
-            row.bind(now.timeIntervalSince1970)
+        // Several rows per statement: one step of SQLite's machine per procedure, not one per reminder.
+        var start = planned.startIndex
+        while start < planned.endIndex {
+            let chunk = planned[start..<min(start + Self.remindersPerInsert, planned.endIndex)]
+            let insert = try db.cachedStatement(sql: Self.reminderInsertSQL[chunk.count])
+            var row = FastInsert(insert, in: db)
+            for reminder in chunk {
+                row.bind(procedure.id)
+                row.bind(reminder.stepID)
+                row.bind(reminder.nominalAt.timeIntervalSince1970)
+                row.bind(reminder.dueAt.timeIntervalSince1970)
+                row.bind(reminder.expiresAt.timeIntervalSince1970)
+                row.bind(reminder.state.rawValue)
+                row.bind(reminder.state == .expired ? reminder.note : nil)
+                row.bind(now.timeIntervalSince1970)
+                if reminder.state == .expired { expired += 1 }
+            }
             try row.run()
-            if reminder.state == .expired { expired += 1 }
+            start = chunk.endIndex
         }
         for reminder in planned where reminder.state == .expired {
             try log.append(
