@@ -624,41 +624,29 @@ extension ReminderStore {
         try procedureRow.run()
     }
 
-    /// Rows per reminder INSERT: a protocol's whole plan, for any protocol of ordinary length.
-    static let remindersPerInsert = 16
-
-    /// The reminder INSERT for as many rows as the index says.
-    static let reminderInsertSQL: [String] = (0...remindersPerInsert).map { rows in
-        """
-        INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error, updated_at)
-        VALUES
-        """ + " " + Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?)", count: rows).joined(separator: ", ")
-    }
-
     /// Inserts a procedure's planned reminders, logging the ones planned expired. Returns how many.
     private static func insertPlan(
         _ procedure: Procedure, _ planned: [PlannedReminder], now: Date, db: Database, log: inout LogAppender
     ) throws -> Int {
+        let insert = try db.cachedStatement(
+            sql: """
+                INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
+                    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        )
         var expired = 0
-        // Several rows per statement: one step of SQLite's machine per procedure, not one per reminder.
-        var start = planned.startIndex
-        while start < planned.endIndex {
-            let chunk = planned[start..<min(start + Self.remindersPerInsert, planned.endIndex)]
-            let insert = try db.cachedStatement(sql: Self.reminderInsertSQL[chunk.count])
-            var row = FastInsert(insert, in: db)
-            for reminder in chunk {
-                row.bind(procedure.id)
-                row.bind(reminder.stepID)
-                row.bind(reminder.nominalAt.timeIntervalSince1970)
-                row.bind(reminder.dueAt.timeIntervalSince1970)
-                row.bind(reminder.expiresAt.timeIntervalSince1970)
-                row.bind(reminder.state.rawValue)
-                row.bind(reminder.state == .expired ? reminder.note : nil)
-                row.bind(now.timeIntervalSince1970)
-                if reminder.state == .expired { expired += 1 }
-            }
+        var row = FastInsert(insert, in: db)
+        for reminder in planned {
+            row.bind(procedure.id)
+            row.bind(reminder.stepID)
+            row.bind(reminder.nominalAt.timeIntervalSince1970)
+            row.bind(reminder.dueAt.timeIntervalSince1970)
+            row.bind(reminder.expiresAt.timeIntervalSince1970)
+            row.bind(reminder.state.rawValue)
+            row.bind(reminder.state == .expired ? reminder.note : nil)
+            row.bind(now.timeIntervalSince1970)
             try row.run()
-            start = chunk.endIndex
+            if reminder.state == .expired { expired += 1 }
         }
         for reminder in planned where reminder.state == .expired {
             try log.append(
