@@ -2,19 +2,45 @@ import AftercareCore
 import Crypto
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// One intake file, parsed, as the daemon hands it to the store.
 public struct IntakeBatchFile: Sendable {
     /// The file's name in the spool (for log rows and messages).
     public var name: String
-    public var requests: [IntakeRequest]
+    public var requests: [IntakeRequest] {
+        didSet { prepared = Self.prepare(requests) }
+    }
     /// Who dropped the file (the Unix owner), recorded on the log rows of staff requests.
     public var actor: String
+    /// For each procedure or booking, what is stored of it that needs no database: worked out where
+    /// the file is built (the daemon builds it where it parses), so the writer's transaction, which
+    /// every intake waits on, need not.
+    var prepared: [PreparedProcedure?]
 
     public init(name: String, requests: [IntakeRequest], actor: String) {
         self.name = name
         self.requests = requests
         self.actor = actor
+        prepared = Self.prepare(requests)
+    }
+
+    struct PreparedProcedure: Sendable {
+        var hash: String
+        var patientJSON: String
+    }
+
+    static func prepare(_ requests: [IntakeRequest]) -> [PreparedProcedure?] {
+        requests.map { request in
+            switch request {
+            case .procedure(let procedure, _), .book(let procedure):
+                return PreparedProcedure(
+                    hash: ReminderStore.contentHash(procedure),
+                    patientJSON: ReminderStore.encodePatient(procedure.patient))
+            default:
+                return nil
+            }
+        }
     }
 }
 
@@ -47,8 +73,10 @@ extension ReminderStore {
                 try db.inSavepoint {
                     do {
                         var counts = IntakeCounts()
-                        for request in file.requests {
-                            try Self.apply(request, file: file, now: now, plan: plan, db: db, log: &log, counts: &counts)
+                        for (request, prepared) in zip(file.requests, file.prepared) {
+                            try Self.apply(
+                                request, prepared: prepared, file: file, now: now, plan: plan, db: db, log: &log,
+                                counts: &counts)
                         }
                         outcome = .applied(summary: counts.summary)
                         return .commit
@@ -140,6 +168,7 @@ extension ReminderStore {
 
     private static func apply(
         _ request: IntakeRequest,
+        prepared: IntakeBatchFile.PreparedProcedure?,
         file: IntakeBatchFile,
         now: Date,
         plan: PlanFunction,
@@ -149,7 +178,7 @@ extension ReminderStore {
     ) throws {
         switch request {
         case .procedure(let procedure, let force):
-            let hash = contentHash(procedure)
+            let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
                 if existing.status == "booked" || existing.status == "not_performed" {
                     throw IntakeError(
@@ -174,7 +203,9 @@ extension ReminderStore {
             {
                 throw IntakeError(procedureID: procedure.id, problem: problem)
             }
-            try insertProcedure(procedure, hash: hash, status: "active", plannedAt: nil, now: now, db: db)
+            try insertProcedure(
+                procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "active", plannedAt: nil, now: now,
+                db: db)
             let expired = try insertPlan(procedure, planned, now: now, db: db, log: &log)
             try log.append(
                 LogEntry(
@@ -190,7 +221,7 @@ extension ReminderStore {
             counts.expired += expired
 
         case .book(let procedure):
-            let hash = contentHash(procedure)
+            let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
                 // The same booking again (resent, even after it was moved or performed) is known.
                 guard existing.hash == hash else {
@@ -208,7 +239,8 @@ extension ReminderStore {
             // Checked now so a booking that could never be planned is refused while staff are there.
             _ = try planOrThrow(procedure, now: now, plan: plan)
             try insertProcedure(
-                procedure, hash: hash, status: "booked", plannedAt: procedure.performedAt, now: now, db: db)
+                procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "booked",
+                plannedAt: procedure.performedAt, now: now, db: db)
             try log.append(
                 LogEntry(
                     at: now, event: .booked, procedureID: procedure.id, patientID: procedure.patient.id,
@@ -524,11 +556,38 @@ extension ReminderStore {
         }
     }
 
+    /// Looked up for every procedure ingested, so read through the SQLite C API directly (as
+    /// ``FastInsert`` writes): GRDB's rows and boxed arguments cost more than the look-up itself.
     private static func existingProcedure(_ id: String, db: Database) throws -> (hash: String, status: String)? {
-        try Row.fetchOne(
-            db.cachedStatement(sql: "SELECT content_hash, status FROM procedure WHERE id = CAST(? AS TEXT)"),
-            arguments: [exact(id)]
-        ).map { (hash: $0["content_hash"], status: $0["status"]) }
+        let statement = try db.cachedStatement(
+            sql: "SELECT content_hash, status FROM procedure WHERE id = CAST(? AS TEXT)"
+        ).sqliteStatement
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        var key = id
+        // The id's exact bytes, as `exact` binds them: a NUL inside it is kept.
+        var code = key.withUTF8 { bytes in
+            sqlite3_bind_blob(
+                statement, 1, UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!),
+                Int32(clamping: bytes.count), unsafeBitCast(-1, to: sqlite3_destructor_type.self))
+        }
+        if code == SQLITE_OK { code = sqlite3_step(statement) }
+        switch code {
+        case SQLITE_ROW:
+            func text(_ column: Int32) -> String {
+                guard let bytes = sqlite3_column_text(statement, column) else { return "" }
+                let count = Int(sqlite3_column_bytes(statement, column))
+                return String(decoding: UnsafeBufferPointer(start: bytes, count: count), as: UTF8.self)
+            }
+            return (hash: text(0), status: text(1))
+        case SQLITE_DONE:
+            return nil
+        default:
+            throw DatabaseError(
+                resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+        }
     }
 
     private static func procedureStatus(_ id: String, db: Database) throws -> String {
@@ -546,7 +605,8 @@ extension ReminderStore {
     }
 
     private static func insertProcedure(
-        _ procedure: Procedure, hash: String, status: String, plannedAt: Date?, now: Date, db: Database
+        _ procedure: Procedure, hash: String, patientJSON: String?, status: String, plannedAt: Date?, now: Date,
+        db: Database
     ) throws {
         var procedureRow = FastInsert(
             try db.cachedStatement(
@@ -560,7 +620,7 @@ extension ReminderStore {
         procedureRow.bind(procedure.protocolID)
         procedureRow.bind(procedure.performedAt.timeIntervalSince1970)
         procedureRow.bind(procedure.patient.id)
-        procedureRow.bind(encodePatient(procedure.patient))
+        procedureRow.bind(patientJSON ?? encodePatient(procedure.patient))
         procedureRow.bind(procedure.patient.firstName)
         procedureRow.bind(procedure.patient.timeZone)
         procedureRow.bind(PatientColumns.routes(procedure.patient.routes))

@@ -28,13 +28,14 @@ private final class IntakeBench: Sendable {
 
     /// Runs one intake pass; returns whether it asked to look again later.
     @discardableResult
-    func pass() async -> Bool {
+    func pass(observingFileWork observe: (@Sendable (Bool) -> Void)? = nil) async -> Bool {
         let journal = self.journal
         let handler = JournalLogHandler(label: "test", level: .trace, environment: ["JOURNAL_STREAM": "8:1"]) { line in
             journal.withLock { $0.append(line) }
         }
-        let intake = Intake(spool: spool, store: store, config: config, clock: harness.clock,
+        var intake = Intake(spool: spool, store: store, config: config, clock: harness.clock,
                             logger: Logger(label: "test", factory: { _ in handler }))
+        intake.onFileWork = observe
         return await intake.run().retryAt != nil
     }
 
@@ -302,6 +303,22 @@ struct SpoolHardeningTests {
         #expect(try bench.reason("link.json")
             == "the file has 2 hard links; spool files are moved in with rename, never linked\n")
         #expect(try await bench.store.procedure("P-first") != nil)
+    }
+
+    @Test("listing, reading, parsing, rejecting and removing spool files all run on the file-work queue")
+    func fileWorkOffThePool() async throws {
+        let bench = try IntakeBench()
+        try bench.drop("good.json", IntakeBench.procedureJSON("P-QUEUE-1"))
+        try bench.drop("bad.json", "{\"kind\": \"nonsense\"}")
+        let seen = Shared<[Bool]>([])
+        await bench.pass(observingFileWork: { onQueue in seen.withLock { $0.append(onQueue) } })
+        #expect(try bench.incomingNames().isEmpty)
+        #expect(try bench.rejectedNames() == ["bad.json", "bad.json.error"])
+        // The listing, two reads, one move to rejected/ and one removal.
+        let calls = seen.withLock { $0 }
+        #expect(calls.count == 5)
+        #expect(calls.allSatisfy { $0 })
+        #expect(!FileWork.isCurrent)
     }
 
     @Test("a half-written regular file is still looked at again rather than refused")

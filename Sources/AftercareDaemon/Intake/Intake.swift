@@ -13,6 +13,9 @@ public struct Intake: Sendable {
     let config: AftercareConfiguration
     let clock: any WallClock
     let logger: Logger
+    /// Called at the start of each piece of blocking file work with whether it runs on the
+    /// file-work queue; for tests.
+    var onFileWork: (@Sendable (Bool) -> Void)?
 
     public init(
         spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger
@@ -46,10 +49,21 @@ public struct Intake: Sendable {
     }
 
     public func run() async -> Pass {
+        let spool = self.spool
+        let observe = onFileWork
+        let listing = await FileWork.run { () -> Result<[Spool.PendingFile], SpoolError> in
+            observe?(FileWork.isCurrent)
+            do {
+                return .success(try spool.pendingFiles())
+            } catch {
+                return .failure(error as? SpoolError ?? SpoolError("\(error)"))
+            }
+        }
         let files: [Spool.PendingFile]
-        do {
-            files = try spool.pendingFiles()
-        } catch {
+        switch listing {
+        case .success(let found):
+            files = found
+        case .failure(let error):
             logger.error("\(error)")
             return Pass(retryAt: clock.now().addingTimeInterval(5))
         }
@@ -60,7 +74,8 @@ public struct Intake: Sendable {
         var retryAt: Date?
         var batch: [(Spool.PendingFile, IntakeBatchFile)] = []
         var batchRequests = 0
-        // One batch is applied (on the database's thread) while the next is read and parsed here.
+        // One batch is applied (on the database's thread) while the next is read and parsed (on the
+        // file-work queue).
         var applying: Task<Bool, Never>?
         func submit(_ ready: [(Spool.PendingFile, IntakeBatchFile)]) async -> Bool {
             if let previous = applying, !(await previous.value) { return false }
@@ -75,45 +90,63 @@ public struct Intake: Sendable {
                 retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
                 continue
             }
-            let data: Data
-            switch spool.read(file) {
-            case .contents(let contents):
-                data = contents
+            switch await FileWork.run({ () -> Taken in
+                observe?(FileWork.isCurrent)
+                return Self.take(file, from: spool)
+            }) {
             case .gone:
                 continue
             case .later(let why):
                 logger.warning("cannot read \(file.displayName) now, will look again: \(why)")
                 retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
-                continue
-            case .refused(let reason):
-                await refuse(file, reason: reason, procedureID: nil, actor: Self.actor(file.ownerUID, data: Data()))
-                continue
-            }
-            let requests: [IntakeRequest]
-            do {
-                requests = try IntakeCodec.decode(data)
-            } catch {
+            case .refused(let reason, let actor):
+                await refuse(file, reason: reason, procedureID: nil, actor: actor)
+            case .unreadable(let error, let actor):
                 if young {
                     retryAt = clock.now().addingTimeInterval(Self.settleSeconds)
                     continue
                 }
-                await refuse(
-                    file, reason: Self.describe(error), procedureID: error.procedureID,
-                    actor: Self.actor(file.ownerUID, data: data))
-                continue
-            }
-            let actor = Self.actor(file.ownerUID, data: data)
-            batch.append((file, IntakeBatchFile(name: file.name, requests: requests, actor: actor)))
-            batchRequests += requests.count
-            if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
-                if !(await submit(batch)) { return failed() }
-                batch.removeAll(keepingCapacity: true)
-                batchRequests = 0
+                await refuse(file, reason: Self.describe(error), procedureID: error.procedureID, actor: actor)
+            case .parsed(let parsed):
+                batch.append((file, parsed))
+                batchRequests += parsed.requests.count
+                if batch.count >= Self.filesPerBatch || batchRequests >= Self.requestsPerBatch {
+                    if !(await submit(batch)) { return failed() }
+                    batch.removeAll(keepingCapacity: true)
+                    batchRequests = 0
+                }
             }
         }
         if !batch.isEmpty, !(await submit(batch)) { return failed() }
         if let last = applying, !(await last.value) { return failed() }
         return Pass(retryAt: retryAt)
+    }
+
+    /// What reading and parsing one waiting file came to.
+    enum Taken: Sendable {
+        case gone
+        case later(String)
+        case refused(String, actor: String)
+        case unreadable(IntakeError, actor: String)
+        /// Ready for the store, with what it stores of each procedure worked out here, off its writer.
+        case parsed(IntakeBatchFile)
+    }
+
+    /// Reads and parses one file: blocking work, for the file-work queue only.
+    static func take(_ file: Spool.PendingFile, from spool: Spool) -> Taken {
+        let data: Data
+        switch spool.read(file) {
+        case .contents(let contents): data = contents
+        case .gone: return .gone
+        case .later(let why): return .later(why)
+        case .refused(let reason): return .refused(reason, actor: actor(file.ownerUID, data: Data()))
+        }
+        do {
+            let requests = try IntakeCodec.decode(data)
+            return .parsed(IntakeBatchFile(name: file.name, requests: requests, actor: actor(file.ownerUID, data: data)))
+        } catch {
+            return .unreadable(error, actor: actor(file.ownerUID, data: data))
+        }
     }
 
     private func apply(_ batch: [(Spool.PendingFile, IntakeBatchFile)], failure: FailureNote) async -> Bool {
@@ -134,11 +167,17 @@ public struct Intake: Sendable {
                 done.append(file.name)
                 logger.info("ingested \(file.displayName): \(summary)")
             case .rejected(let error):
-                moveToRejected(file, reason: Self.describe(error))
+                await moveToRejected(file, reason: Self.describe(error))
             }
         }
         // Only now, with the transaction committed and synced, may the files go.
-        spool.remove(done)
+        let spool = self.spool
+        let observe = onFileWork
+        let names = done
+        await FileWork.run {
+            observe?(FileWork.isCurrent)
+            spool.remove(names)
+        }
         return true
     }
 
@@ -147,16 +186,28 @@ public struct Intake: Sendable {
             LogEntry(at: clock.now(), event: .rejected, procedureID: procedureID, actor: actor,
                      detail: "\(file.displayName): \(UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit))")
         )
-        moveToRejected(file, reason: reason)
+        await moveToRejected(file, reason: reason)
     }
 
-    private func moveToRejected(_ file: Spool.PendingFile, reason: String) {
+    private func moveToRejected(_ file: Spool.PendingFile, reason: String) async {
         let shown = UntrustedText.escaped(reason, limit: UntrustedText.reasonLimit)
-        do {
-            guard let target = try spool.reject(file, reason: reason) else { return }
+        let spool = self.spool
+        let observe = onFileWork
+        let moved = await FileWork.run { () -> Result<String?, SpoolError> in
+            observe?(FileWork.isCurrent)
+            do {
+                return .success(try spool.reject(file, reason: reason))
+            } catch {
+                return .failure(error as? SpoolError ?? SpoolError("\(error)"))
+            }
+        }
+        switch moved {
+        case .success(let target?):
             let renamed = target == file.name ? "" : " (now rejected/\(target))"
             logger.warning("rejected \(file.displayName)\(renamed): \(shown)")
-        } catch {
+        case .success(nil):
+            return
+        case .failure(let error):
             logger.error("cannot move \(file.displayName) to rejected/: \(error); refused because \(shown)")
         }
     }
@@ -204,6 +255,28 @@ public struct Intake: Sendable {
         }
         if let stated = IntakeCodec.requestedBy(data) { return "\(stated) (stated)" }
         return uid == 65534 ? "unknown" : "uid \(uid)"
+    }
+}
+
+/// Where intake does its blocking file work (listing the spool, reading and parsing files, renames
+/// and fsyncs): a serial queue of its own, so none of it ever holds a thread of Swift's cooperative
+/// pool, which the dispatch pipeline needs to keep turning.
+enum FileWork {
+    static let queue: DispatchQueue = {
+        let queue = DispatchQueue(label: "aftercare.intake.files", qos: .utility)
+        queue.setSpecific(key: key, value: true)
+        return queue
+    }()
+    private static let key = DispatchSpecificKey<Bool>()
+
+    /// Whether the caller runs on the file-work queue.
+    static var isCurrent: Bool { DispatchQueue.getSpecific(key: key) == true }
+
+    /// Runs `body` on the file-work queue and waits for it without blocking the caller's thread.
+    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            queue.async { continuation.resume(returning: body()) }
+        }
     }
 }
 
