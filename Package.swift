@@ -34,7 +34,7 @@ let package = Package(
         .target(
             name: "AftercareStore",
             dependencies: [
-                "AftercareCore",
+                "AftercareCore", "CSQLiteTuning",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -47,6 +47,8 @@ let package = Package(
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
+        // SQLite's process-wide settings (sqlite3_config is variadic): multi-thread mode, no memory statistics.
+        .systemLibrary(name: "CSQLiteTuning"),
         // glibc's heap controls (mallopt, malloc_trim): the daemon returns freed memory after bursts.
         .systemLibrary(name: "CMalloc"),
         // The curl wrapper, the Sender protocol and the shipped senders.

@@ -1,4 +1,5 @@
 import AftercareCore
+import CSQLiteTuning
 import Foundation
 import GRDB
 
@@ -24,7 +25,11 @@ public final class ReminderStore: Sendable {
     ///
     /// - Parameter readOnly: open for reading only, as staff commands do; the file must exist and be
     ///   migrated already.
+    /// SQLite's process-wide settings, made before the first connection opens (see CSQLiteTuning).
+    private static let sqliteTuned: Bool = aftercare_sqlite_tune() == SQLITE_OK
+
     public init(path: String, readOnly: Bool = false) throws {
+        _ = Self.sqliteTuned
         self.path = path
         var config = Configuration()
         config.readonly = readOnly
