@@ -37,9 +37,20 @@ final class DaemonProcess {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // As systemd starts a service: no signal blocked, every handler at its default.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        var all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var child: pid_t = 0
         spawnedAt = .now
-        let result = posix_spawn(&child, executable, &actions, nil, argv + [nil], envp + [nil])
+        let result = posix_spawn(&child, executable, &actions, &attributes, argv + [nil], envp + [nil])
         guard result == 0 else {
             notify.close()
             throw BenchError("cannot start \(executable): \(String(cString: strerror(result)))")

@@ -101,7 +101,7 @@ struct DeliveryBenchmark {
                     + "= \(Int(rate))/s; the receiver saw \(seen.count) requests, \(attempts.count) delivered attempts "
                     + "are in the log",
                 "delivery: aftercare's bodies as the receiver saw them: \(bodyBytes) bytes on average (largest \(bodies)), "
-                    + "whole requests \(requestBytes) bytes",
+                    + "request line and headers \(requestBytes) bytes",
                 "delivery: daemon \(daemon.memoryLine)"
             )
         }

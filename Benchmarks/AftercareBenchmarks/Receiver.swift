@@ -2,7 +2,7 @@ import Foundation
 
 /// nginx on 127.0.0.1 answering 204 to everything: the one webhook receiver that aftercare, `wrk`
 /// and the peers all send to. Its access log notes, per request, when it ended (ms), the body and
-/// request sizes and the `webhook-id` header, so the benchmarks can count requests, measure
+/// header sizes and the `webhook-id` header, so the benchmarks can count requests, measure
 /// aftercare's real body size and time each reminder's arrival.
 final class Receiver: @unchecked Sendable {
     /// One access-log line.
@@ -10,11 +10,13 @@ final class Receiver: @unchecked Sendable {
         var at: Double
         var status: Int
         var bodyBytes: Int?
+        /// The request line and headers.
         var requestBytes: Int
         var webhookID: String
     }
 
-    /// A `wrk` run's rate, and the size of the requests it sent as nginx saw them.
+    /// A `wrk` run's rate, and the size of the requests it sent as nginx saw them
+    /// (`$request_length`: the request line and headers, as `return 204` reads no body).
     struct WrkRun {
         var rate: Double
         var requestBytes: Int?

@@ -79,8 +79,8 @@ if wants("delivery"), let receiver {
         let ratio = result.rate / post.rate
         report(
             "delivery: wrk on the same receiver (2 threads, 64 connections, 10 s): GET \(Int(get.rate))/s; POST of a "
-                + "\(post.bodyBytes ?? 0)-byte body with webhook headers (\(post.requestBytes ?? 0)-byte requests; "
-                + "aftercare's \(result.requestBytes)) \(Int(post.rate))/s",
+                + "\(post.bodyBytes ?? 0)-byte body with webhook headers (request line and "
+                + "headers \(post.requestBytes ?? 0) bytes; aftercare's \(result.requestBytes)) \(Int(post.rate))/s",
             "delivery: aftercare/wrk POST = \(String(format: "%.2f", ratio)); aftercare/wrk GET = "
                 + String(format: "%.2f", result.rate / get.rate))
         figures += [

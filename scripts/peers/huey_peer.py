@@ -9,9 +9,9 @@ first attempt's start to the moment the last attempt row is committed.
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-import time
 
 from huey import SqliteHuey
 
@@ -49,16 +49,23 @@ def main() -> None:
     peer_common.open_attempt_log(env["PEER_ATTEMPTS_DB"]).close()
     for index in range(args.count):
         huey_peer.send_webhook(f"H-{index}.ice")
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "huey_peer.huey", "-w", str(args.workers), "-k", "thread",
-         "-q"],
-        cwd=here, env={**os.environ, "PYTHONPATH": here},
-    )
+    with open(os.path.join(args.dir, "consumer.log"), "wb") as consumer_log:
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "huey.bin.huey_consumer", "huey_peer.huey", "-w", str(args.workers), "-k", "thread",
+             "-q"],
+            cwd=here, env={**os.environ, "PYTHONPATH": here}, stdout=consumer_log, stderr=subprocess.STDOUT,
+            # A parent may have left signals blocked; the consumer must see SIGTERM.
+            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()),
+        )
     try:
         finished = peer_common.wait_for_attempts(env["PEER_ATTEMPTS_DB"], args.count)
     finally:
         consumer.terminate()
-        consumer.wait(timeout=30)
+        try:
+            consumer.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            consumer.wait()
     db = peer_common.open_attempt_log(env["PEER_ATTEMPTS_DB"])
     started = db.execute("SELECT min(started_at) FROM attempt").fetchone()[0]
     peer_common.report(
