@@ -80,15 +80,18 @@ struct ScheduledBenchmark {
         let startupSeconds = try daemon.waitUntilReady()
         usleep(2_000_000)
         let cpuBefore = ProcessProbe.cpuSeconds(daemon.pid)
+        let switchesBefore = ProcessProbe.contextSwitches(daemon.pid)
         let idleSeconds = 10.0
         usleep(UInt32(idleSeconds * 1_000_000))
         let cpuIdle = ProcessProbe.cpuSeconds(daemon.pid) - cpuBefore
+        let wakeups = ProcessProbe.contextSwitches(daemon.pid) - switchesBefore
         let idleRSS = ProcessProbe.memory(daemon.pid).rss
         report(
             "startup: spawn to READY=1 with \((procedures * 6).grouped) reminders scheduled: "
                 + "\(String(format: "%.3f", startupSeconds)) s",
             "idle: \(String(format: "%.3f", cpuIdle)) CPU seconds over \(Int(idleSeconds)) s with nothing due "
-                + "(\(String(format: "%.2f", cpuIdle / idleSeconds * 100)) % of a core); RSS \(mebibytes(idleRSS))")
+                + "(\(String(format: "%.2f", cpuIdle / idleSeconds * 100)) % of a core, clock ticks of 10 ms), "
+                + "\(wakeups) context switches across its threads; RSS \(mebibytes(idleRSS))")
         if startup {
             figures.append(Figure(
                 name: "start-up to READY (sd_notify) with \((procedures * 6).grouped) scheduled", target: "< 1 s",
@@ -97,7 +100,7 @@ struct ScheduledBenchmark {
         if memory {
             figures.append(Figure(
                 name: "CPU over 10 s while \((procedures * 6).grouped) reminders wait, nothing due", target: "0",
-                measured: String(format: "%.2f s", cpuIdle), met: cpuIdle == 0))
+                measured: String(format: "%.2f s, %d context switches", cpuIdle, wakeups), met: cpuIdle == 0))
             figures.append(Figure(
                 name: "RSS with \((procedures * 6).grouped) scheduled, idle", target: "< 64 MiB",
                 measured: mebibytes(idleRSS), met: idleRSS < 64 * 1024))

@@ -130,6 +130,19 @@ enum ProcessProbe {
         return (field("VmRSS"), field("VmHWM"))
     }
 
+    /// Context switches of all the process's threads so far: how often it woke.
+    static func contextSwitches(_ pid: Int32) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.reduce(0) { total, task in
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else {
+                return total
+            }
+            // voluntary_ctxt_switches and nonvoluntary_ctxt_switches
+            let lines = status.split(separator: "\n").filter { $0.contains("ctxt_switches:") }
+            return total + lines.reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "") ?? 0) }
+        }
+    }
+
     /// User plus system CPU seconds the process has used.
     static func cpuSeconds(_ pid: Int32) -> Double {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
