@@ -5,16 +5,16 @@ import Glibc
 #endif
 
 /// Runs `aftercare daemon` as systemd would: with `$NOTIFY_SOCKET` pointing at a datagram socket the
-/// benchmark owns, so start-up is timed from the spawn to the `READY=1` datagram. Its resident
-/// memory is sampled from /proc every 20 ms for the whole run, and its lifetime peak is read from
-/// `wait4`'s `ru_maxrss` when it exits (the kernel's VmHWM at exit: the honest peak).
+/// benchmark owns, so start-up is timed from the spawn to the `READY=1` datagram. Its VmRSS and
+/// VmHWM (the kernel's own high-water mark, so no peak slips between samples) are read from /proc
+/// every 20 ms until it exits. (`wait4`'s `ru_maxrss` would not do: it counts the memory of the
+/// benchmark process the daemon was spawned from, before its exec.)
 final class DaemonProcess {
     let pid: Int32
     let logPath: String
     let spawnedAt: ContinuousClock.Instant
     private let notify: NotifyListener
     private let sampler: MemorySampler
-    private var exitPeakKiB: Int?
     private var exitStatus: Int32?
 
     init(configPath: String, logPath: String, environment: [String: String] = [:]) throws {
@@ -90,24 +90,21 @@ final class DaemonProcess {
         notify.close()
     }
 
-    /// The most resident memory the daemon ever had, in KiB: its VmHWM at exit when it has exited,
-    /// else the highest VmHWM sampled so far.
-    var peakKiB: Int { max(sampler.peakKiB, exitPeakKiB ?? 0) }
+    /// The most resident memory the daemon had, in KiB: its VmHWM as last read, at most 20 ms
+    /// before it exited.
+    var peakKiB: Int { sampler.peakKiB }
 
     /// A line saying how the peak was taken.
     var memoryLine: String {
-        let exit = exitPeakKiB.map { "VmHWM at exit \(mebibytes($0))" } ?? "still running"
-        return "peak RSS \(mebibytes(peakKiB)) (\(exit); highest VmRSS in \(sampler.sampleCount) samples "
-            + "every 20 ms: \(mebibytes(sampler.highestRSSKiB)))"
+        "peak RSS \(mebibytes(peakKiB)) (VmHWM last read \(exitStatus == nil ? "while running" : "before exit"); "
+            + "highest VmRSS in \(sampler.sampleCount) samples every 20 ms: \(mebibytes(sampler.highestRSSKiB)))"
     }
 
     private func reap(blocking: Bool) -> Bool {
         var status: Int32 = 0
-        var usage = rusage()
-        let result = wait4(pid, &status, blocking ? 0 : WNOHANG, &usage)
+        let result = waitpid(pid, &status, blocking ? 0 : WNOHANG)
         guard result == pid else { return false }
         exitStatus = status
-        exitPeakKiB = Int(usage.ru_maxrss)
         sampler.stop()
         return true
     }
@@ -166,7 +163,9 @@ final class NotifyListener: @unchecked Sendable {
         let bytes = Array(path.utf8)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard bound == 0 else { throw BenchError("cannot bind the notify socket \(path)") }
         var timeout = timeval(tv_sec: 0, tv_usec: 100_000)

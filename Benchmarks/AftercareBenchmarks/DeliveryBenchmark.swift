@@ -57,7 +57,9 @@ struct DeliveryBenchmark {
             let store = try ReminderStore(path: config.paths.database)
             var logger = Logger(label: "bench")
             logger.logLevel = .warning
-            let intake = Intake(spool: Spool(root: config.paths.spool), store: store, config: config, clock: SystemClock(), logger: logger)
+            let intake = Intake(
+                spool: Spool(root: config.paths.spool), store: store, config: config, clock: SystemClock(),
+                logger: logger)
             try await bench.drainSpool(intake)
         }
         let expected = procedures * 2
@@ -75,13 +77,17 @@ struct DeliveryBenchmark {
             try await Task.sleep(for: .milliseconds(20))
             unsettled = try await store.dueOrClaimedCount(now: Date())
             guard daemon.isRunning else { throw BenchError("the daemon exited: \(daemon.tail())") }
-            if seconds(since: ready) > 600 { throw BenchError("\(unsettled) of \(expected) still unsettled after 10 minutes") }
+            if seconds(since: ready) > 600 {
+                throw BenchError("\(unsettled) of \(expected) still unsettled after 10 minutes")
+            }
         }
         let drained = Date()
         let fromReady = seconds(since: ready)
         daemon.stop()
         let delivered = try await store.status(now: Date()).count(.delivered)
-        guard delivered == expected else { throw BenchError("only \(delivered) of \(expected) reminders were delivered") }
+        guard delivered == expected else {
+            throw BenchError("only \(delivered) of \(expected) reminders were delivered")
+        }
         let attempts = try await store.auditLog(AuditFilter(outcome: "delivered"))
         guard attempts.count == expected, let first = attempts.compactMap(\.entry.startedAt).min() else {
             throw BenchError("the log holds \(attempts.count) delivered attempts for \(expected) reminders")
@@ -97,10 +103,12 @@ struct DeliveryBenchmark {
         if !quiet {
             report(
                 "delivery: \(expected) signed webhooks delivered by the daemon in \(String(format: "%.2f", elapsed)) s "
-                    + "(first attempt's start to last outcome committed; \(String(format: "%.2f", fromReady)) s from READY) "
+                    + "(first attempt's start to last outcome committed; "
+                    + "\(String(format: "%.2f", fromReady)) s from READY) "
                     + "= \(Int(rate))/s; the receiver saw \(seen.count) requests, \(attempts.count) delivered attempts "
                     + "are in the log",
-                "delivery: aftercare's bodies as the receiver saw them: \(bodyBytes) bytes on average (largest \(bodies)), "
+                "delivery: aftercare's bodies as the receiver saw them: \(bodyBytes) bytes on average "
+                    + "(largest \(bodies)), "
                     + "request line and headers \(requestBytes) bytes",
                 "delivery: daemon \(daemon.memoryLine)"
             )

@@ -19,7 +19,8 @@ struct PeersBenchmark {
     /// Each peer's rate in webhooks per second, by name.
     func run() throws -> [(name: String, rate: Double)] {
         guard let python = Self.python else {
-            throw BenchError("no Python venv with huey and APScheduler: run `bash scripts/bench peers`, which makes one")
+            throw BenchError(
+                "no Python venv with huey and APScheduler: run `bash scripts/bench peers`, which makes one")
         }
         let folder = Workbench.repositoryRoot.appendingPathComponent("scripts/peers")
         var rates: [(name: String, rate: Double)] = []
@@ -44,7 +45,8 @@ struct PeersBenchmark {
             guard process.terminationStatus == 0,
                 let result = lines.last(where: { $0.hasPrefix("RESULT ") }),
                 let name = result.split(separator: " ").dropFirst().first.map(String.init),
-                let rate = result.split(separator: " ").first(where: { $0.hasPrefix("rate=") }).flatMap({ Double($0.dropFirst(5)) })
+                let field = result.split(separator: " ").first(where: { $0.hasPrefix("rate=") }),
+                let rate = Double(field.dropFirst(5))
             else { throw BenchError("\(script) failed (exit \(process.terminationStatus)): \(text)") }
             let seen = receiver.entries(since: mark).filter { $0.webhookID != "-" }
             let bodies = Set(seen.compactMap(\.bodyBytes))

@@ -30,7 +30,8 @@ final class Receiver: @unchecked Sendable {
     private var logPath: String { prefix + "/logs/access.log" }
 
     init() throws {
-        guard let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].first(where: FileManager.default.isExecutableFile) else {
+        let candidates = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        guard let nginx = candidates.first(where: FileManager.default.isExecutableFile) else {
             throw BenchError("nginx is not installed (apt-get install nginx-light wrk)")
         }
         port = 18_000 + Int.random(in: 0..<2000)
@@ -91,7 +92,8 @@ final class Receiver: @unchecked Sendable {
         guard fields.count >= 5, let at = Double(fields[0]), let status = Int(fields[1]),
             let request = Int(fields[3])
         else { return nil }
-        return Entry(at: at, status: status, bodyBytes: Int(fields[2]), requestBytes: request, webhookID: String(fields[4]))
+        return Entry(
+            at: at, status: status, bodyBytes: Int(fields[2]), requestBytes: request, webhookID: String(fields[4]))
     }
 
     /// `wrk`'s requests per second on the receiver (2 threads, 64 connections, 10 s): a bare GET, or

@@ -65,7 +65,8 @@ struct ScheduledBenchmark {
                 throw BenchError("\(scheduled) reminders scheduled, \(procedures * 6) expected (see \(daemon.logPath))")
             }
             report(
-                "memory (bulk intake): the daemon ingested \(procedures) procedures (\(scheduled) reminders) from the spool "
+                "memory (bulk intake): the daemon ingested \(procedures) procedures (\(scheduled) reminders) "
+                    + "from the spool "
                     + "as it started, READY after \(String(format: "%.1f", ready)) s; \(daemon.memoryLine)")
             if memory {
                 figures.append(Figure(
@@ -84,7 +85,7 @@ struct ScheduledBenchmark {
         let idleSeconds = 10.0
         usleep(UInt32(idleSeconds * 1_000_000))
         let cpuIdle = ProcessProbe.cpuSeconds(daemon.pid) - cpuBefore
-        let wakeups = ProcessProbe.contextSwitches(daemon.pid) - switchesBefore
+        let wakeups = ProcessProbe.contextSwitches(from: switchesBefore, to: ProcessProbe.contextSwitches(daemon.pid))
         let idleRSS = ProcessProbe.memory(daemon.pid).rss
         report(
             "startup: spawn to READY=1 with \((procedures * 6).grouped) reminders scheduled: "
@@ -191,13 +192,16 @@ struct ScheduledBenchmark {
             else { return nil }
             return entry.at - due(index)
         }
-        guard arrived.count >= count else { throw BenchError("the receiver saw \(arrived.count) of \(count) steady reminders") }
+        guard arrived.count >= count else {
+            throw BenchError("the receiver saw \(arrived.count) of \(count) steady reminders")
+        }
         let sent = Percentiles(started)
         let arrival = Percentiles(arrived)
         report(
-            "lateness: \(count) reminders due one every \(String(format: "%.1f", 1000 / Double(rate))) ms for \(window) s "
+            "lateness: \(count) reminders due one every \(String(format: "%.1f", 1000 / Double(rate))) ms "
+                + "for \(window) s "
                 + "beside \((reminders).grouped) scheduled; written to the spool \(String(format: "%.1f", -written)) s "
-                + "before the first came due, ingested \(intakeDone.map { String(format: "%.1f s %@ it", abs($0), $0 < 0 ? "before" : "after") } ?? "?")",
+                + "before the first came due, ingested \(intakeDone.map(Self.relative) ?? "?")",
             "lateness: receiver arrival minus due: \(arrival.line); attempt start minus due: \(sent.line); "
                 + "\(log.count - delivered.count) retried attempts; daemon CPU \(String(format: "%.1f", cpu)) s "
                 + "while they were sent")
@@ -211,6 +215,11 @@ struct ScheduledBenchmark {
                 measured: String(format: "%.1f ms (max %.0f ms)", arrival.p99 * 1000, arrival.max * 1000),
                 met: arrival.p99 < 0.500),
         ]
+    }
+
+    /// `1.5 s before it` or `0.2 s after it`.
+    static func relative(_ offset: Double) -> String {
+        String(format: "%.1f s ", abs(offset)) + (offset < 0 ? "before it" : "after it")
     }
 
     /// `2026-11-29T12:00:00.123+00:00`: intake takes a fraction of a second.
@@ -235,13 +244,16 @@ struct ScheduledBenchmark {
             let done = (try? FileManager.default.contentsOfDirectory(atPath: outbox).count) ?? 0
             if done >= expected { break }
             guard daemon.isRunning else { throw BenchError("the daemon exited: \(daemon.tail())") }
-            if seconds(since: start) > 600 { throw BenchError("backlog not drained in 10 minutes (\(done) of \(expected))") }
+            if seconds(since: start) > 600 {
+                throw BenchError("backlog not drained in 10 minutes (\(done) of \(expected))")
+            }
             usleep(50_000)
         }
         let elapsed = seconds(since: start)
         daemon.stop()
         report(
-            "memory (backlog): ingested \(procedures) procedures and drained \(expected) due reminders to a file outbox "
+            "memory (backlog): ingested \(procedures) procedures and drained \(expected) due reminders "
+                + "to a file outbox "
                 + "in \(String(format: "%.1f", elapsed)) s; \(daemon.memoryLine)")
         return Figure(
             name: "peak RSS, daemon ingesting and draining a \(expected.grouped)-reminder backlog", target: "< 64 MiB",
@@ -259,7 +271,8 @@ struct Percentiles {
     init(_ values: [Double]) {
         let sorted = values.sorted()
         func rank(_ q: Double) -> Double {
-            sorted.isEmpty ? .nan : sorted[Swift.min(sorted.count - 1, Int((q * Double(sorted.count)).rounded(.up)) - 1)]
+            guard !sorted.isEmpty else { return .nan }
+            return sorted[Swift.min(sorted.count - 1, Int((q * Double(sorted.count)).rounded(.up)) - 1)]
         }
         p50 = rank(0.5)
         p99 = rank(0.99)
@@ -268,6 +281,8 @@ struct Percentiles {
     }
 
     var line: String {
-        String(format: "p50 %.1f ms, p99 %.1f ms, max %.1f ms, min %.1f ms", p50 * 1000, p99 * 1000, max * 1000, min * 1000)
+        String(
+            format: "p50 %.1f ms, p99 %.1f ms, max %.1f ms, min %.1f ms",
+            p50 * 1000, p99 * 1000, max * 1000, min * 1000)
     }
 }

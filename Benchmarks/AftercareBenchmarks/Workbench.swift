@@ -130,17 +130,25 @@ enum ProcessProbe {
         return (field("VmRSS"), field("VmHWM"))
     }
 
-    /// Context switches of all the process's threads so far: how often it woke.
-    static func contextSwitches(_ pid: Int32) -> Int {
+    /// Context switches so far of each of the process's threads, by thread id: how often it woke.
+    static func contextSwitches(_ pid: Int32) -> [String: Int] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        return tasks.reduce(0) { total, task in
+        var counts: [String: Int] = [:]
+        for task in tasks {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else {
-                return total
+                continue
             }
             // voluntary_ctxt_switches and nonvoluntary_ctxt_switches
             let lines = status.split(separator: "\n").filter { $0.contains("ctxt_switches:") }
-            return total + lines.reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "") ?? 0) }
+            counts[task] = lines.reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "") ?? 0) }
         }
+        return counts
+    }
+
+    /// Context switches between two readings, over the threads alive at the second (a thread that
+    /// ended in between takes its count with it).
+    static func contextSwitches(from before: [String: Int], to after: [String: Int]) -> Int {
+        after.reduce(0) { total, entry in total + entry.value - (before[entry.key] ?? 0) }
     }
 
     /// User plus system CPU seconds the process has used.

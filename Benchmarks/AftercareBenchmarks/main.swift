@@ -71,7 +71,8 @@ var delivery: DeliveryBenchmark.Result?
 
 if wants("delivery"), let receiver {
     await part("delivery") {
-        let result = try await DeliveryBenchmark(messages: option("messages", default: 100_000), receiver: receiver).run()
+        let messages = option("messages", default: 100_000)
+        let result = try await DeliveryBenchmark(messages: messages, receiver: receiver).run()
         delivery = result
         guard let get = try receiver.wrk(), let post = try receiver.wrk(post: result.bodyBytes) else {
             throw BenchError("wrk is not installed (apt-get install wrk)")
@@ -90,8 +91,9 @@ if wants("delivery"), let receiver {
                    measured: "\(Int(post.rate).grouped)/s", met: nil),
             Figure(name: "aftercare: signed webhooks to the same nginx, every attempt committed to the log",
                    target: "≥ 0.30 × wrk POST",
-                   measured: "\(Int(result.rate).grouped)/s = \(String(format: "%.2f", ratio)) × wrk POST", met: ratio >= 0.30),
-            Figure(name: "peak RSS, daemon delivering \(option("messages", default: 100_000).grouped) webhooks",
+                   measured: "\(Int(result.rate).grouped)/s = \(String(format: "%.2f", ratio)) × wrk POST",
+                   met: ratio >= 0.30),
+            Figure(name: "peak RSS, daemon delivering \(messages.grouped) webhooks",
                    target: "< 64 MiB", measured: mebibytes(result.peakKiB), met: result.peakKiB < 64 * 1024),
         ]
     }
