@@ -17,7 +17,8 @@ from huey import SqliteHuey
 
 import peer_common
 
-huey = SqliteHuey(filename=os.environ.get("PEER_QUEUE_DB", "huey-queue.sqlite"), immediate=False)
+# The script itself only enqueues through the module imported by name below; its own copy stays in memory.
+huey = SqliteHuey(filename=os.environ.get("PEER_QUEUE_DB", ":memory:"), immediate=False)
 
 
 @huey.task()
