@@ -5,7 +5,7 @@ import AftercareStore
 import Foundation
 import Logging
 
-/// DESIGN 9: ingest and plan 100,000 procedures (600,000 reminders) from the spool in 5 s or less.
+/// Issue 11, target 2: ingest and plan 100,000 procedures (600,000 reminders) from the spool in 2 s or less.
 ///
 /// Measures the daemon's own intake pass (read, parse, validate, plan, one SQLite transaction per
 /// batch of files with `synchronous = FULL`, remove the files) on a real database file, from the
@@ -13,7 +13,7 @@ import Logging
 struct IngestBenchmark {
     let procedures: Int
 
-    func run() async throws {
+    func run() async throws -> Figure {
         let bench = try Workbench(name: "ingest")
         defer { bench.remove() }
         let performed = Date()
@@ -34,10 +34,13 @@ struct IngestBenchmark {
         report(
             "ingest: \(status.procedures) procedures, \(reminders) reminders from \(procedures / 1000) JSON Lines spool files "
                 + "in \(String(format: "%.2f", elapsed)) s (\(Int(Double(status.procedures) / elapsed)) procedures/s); "
-                + "target ≤ 5 s: \(elapsed <= 5 ? "met" : "NOT met")"
+                + "target ≤ 2 s: \(elapsed <= 2 ? "met" : "NOT met")"
         )
         guard status.procedures == procedures else {
             throw BenchError("only \(status.procedures) of \(procedures) procedures were ingested")
         }
+        return Figure(
+            name: "ingest and plan \(procedures.grouped) procedures (\(reminders.grouped) reminders) from the spool",
+            target: "≤ 2 s", measured: String(format: "%.2f s", elapsed), met: elapsed <= 2)
     }
 }

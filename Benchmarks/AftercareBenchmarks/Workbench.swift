@@ -18,11 +18,13 @@ struct Workbench {
         return URL(fileURLWithPath: executable).deletingLastPathComponent()
     }
 
-    /// - Parameter laterSteps: plan with a protocol of the same id whose six steps all fall 24 h or more
-    ///   after the procedure, so procedures performed now leave every reminder scheduled and none due.
+    /// - Parameters:
+    ///   - laterSteps: plan with a protocol of the same id whose six steps all fall 24 h or more after
+    ///     the procedure, so procedures performed now leave every reminder scheduled and none due.
+    ///   - extraProtocols: more protocol files (their TOML text) to load beside it.
     init(
         name: String, outbox: String? = nil, senders: String? = nil, channels: String? = nil, dispatch: String = "",
-        laterSteps: Bool = false
+        laterSteps: Bool = false, extraProtocols: [String] = []
     ) throws {
         root = NSTemporaryDirectory() + "aftercare-bench-\(name)-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -45,6 +47,11 @@ struct Workbench {
             }
             try text.write(toFile: protocolFile, atomically: true, encoding: .utf8)
         }
+        var protocolFiles = [protocolFile]
+        for (index, text) in extraProtocols.enumerated() {
+            protocolFiles.append(root + "/extra-\(index).toml")
+            try text.write(toFile: protocolFiles[index + 1], atomically: true, encoding: .utf8)
+        }
         let config = """
             [clinic]
             name = "Benchmark Clinic"
@@ -55,7 +62,7 @@ struct Workbench {
             state_directory = "state"
 
             [protocols]
-            files = ["\(protocolFile)"]
+            files = [\(protocolFiles.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [channels]
             \(channels ?? "sms = \"outbox\"\nemail = \"outbox\"")
@@ -123,6 +130,27 @@ enum ProcessProbe {
         return (field("VmRSS"), field("VmHWM"))
     }
 
+    /// Context switches so far of each of the process's threads, by thread id: how often it woke.
+    static func contextSwitches(_ pid: Int32) -> [String: Int] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var counts: [String: Int] = [:]
+        for task in tasks {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else {
+                continue
+            }
+            // voluntary_ctxt_switches and nonvoluntary_ctxt_switches
+            let lines = status.split(separator: "\n").filter { $0.contains("ctxt_switches:") }
+            counts[task] = lines.reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "") ?? 0) }
+        }
+        return counts
+    }
+
+    /// Context switches between two readings, over the threads alive at the second (a thread that
+    /// ended in between takes its count with it).
+    static func contextSwitches(from before: [String: Int], to after: [String: Int]) -> Int {
+        after.reduce(0) { total, entry in total + entry.value - (before[entry.key] ?? 0) }
+    }
+
     /// User plus system CPU seconds the process has used.
     static func cpuSeconds(_ pid: Int32) -> Double {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
@@ -131,50 +159,6 @@ enum ProcessProbe {
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         return ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / ticks
-    }
-}
-
-/// Runs `aftercare daemon` and waits for it to say it is ready.
-final class DaemonProcess {
-    let process = Process()
-    let logPath: String
-
-    init(configPath: String, logPath: String, environment: [String: String] = [:]) throws {
-        self.logPath = logPath
-        process.executableURL = Workbench.binFolder.appendingPathComponent("aftercare")
-        process.arguments = ["daemon", "--config", configPath, "--log-level", "notice"]
-        var env = ProcessInfo.processInfo.environment
-        for (key, value) in environment { env[key] = value }
-        process.environment = env
-        FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)!
-        process.standardError = log
-        process.standardOutput = log
-        try process.run()
-    }
-
-    var pid: Int32 { process.processIdentifier }
-
-    /// Waits until the log shows the ready line.
-    func waitUntilReady(timeout: Double = 600) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if let log = try? String(contentsOfFile: logPath, encoding: .utf8), log.contains("aftercare ready") { return }
-            guard process.isRunning else { throw BenchError("the daemon exited: \(tail())") }
-            usleep(20_000)
-        }
-        throw BenchError("the daemon was not ready within \(Int(timeout)) s")
-    }
-
-    func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-    }
-
-    func tail() -> String {
-        ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(separator: " | ")
     }
 }
 
