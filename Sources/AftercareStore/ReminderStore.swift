@@ -35,11 +35,16 @@ public final class ReminderStore: Sendable {
         config.readonly = readOnly
         config.label = "aftercare"
         config.busyMode = .timeout(10)
+        // Readers answer the status line, due times and staff queries: two at once are plenty, and
+        // each keeps a small page cache (a count over a million reminders would fill a large one).
+        config.maximumReaderCount = 2
         config.prepareDatabase { db in
             if !db.configuration.readonly {
                 // Durability before a spool file is removed: commits reach the disk.
                 try db.execute(sql: "PRAGMA synchronous = FULL")
                 try db.execute(sql: "PRAGMA cache_size = -4096")
+            } else {
+                try db.execute(sql: "PRAGMA cache_size = -1024")
             }
         }
         if readOnly {

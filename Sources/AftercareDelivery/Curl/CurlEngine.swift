@@ -428,6 +428,9 @@ final class Transfer: SlotHolder, @unchecked Sendable {
         aftercare_easy_setopt_long(handle, CURLOPT_TIMEOUT_MS, Int(transport.totalTimeout * 1000))
         aftercare_easy_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, transport.lowSpeedBytes)
         aftercare_easy_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, transport.lowSpeedSeconds)
+        // Replies are a status line, a few headers and a short body: a 4 KiB receive buffer (not
+        // 16) per connection keeps hundreds of them small.
+        aftercare_easy_setopt_long(handle, CURLOPT_BUFFERSIZE, 4096)
         aftercare_easy_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         aftercare_easy_setopt_pointer(handle, CURLOPT_PRIVATE, me)
         aftercare_easy_setopt_callback(handle, CURLOPT_WRITEFUNCTION, transferWrite)
@@ -436,13 +439,20 @@ final class Transfer: SlotHolder, @unchecked Sendable {
         aftercare_easy_setopt_pointer(handle, CURLOPT_HEADERDATA, me)
         switch request.kind {
         case .httpPost(let headerLines, let payload):
-            upload = payload
             for line in headerLines + ["Expect:"] { headerList = curl_slist_append(headerList, line) }
             aftercare_easy_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList)
             aftercare_easy_setopt_long(handle, CURLOPT_POST, 1)
             aftercare_easy_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(payload.count))
-            aftercare_easy_setopt_callback(handle, CURLOPT_READFUNCTION, transferRead)
-            aftercare_easy_setopt_pointer(handle, CURLOPT_READDATA, me)
+            // Copied into libcurl, which sends it with the request head: no read callback, and no
+            // 64 KiB upload buffer per connection (a read callback makes libcurl allocate one).
+            if payload.isEmpty {
+                aftercare_easy_setopt_string(handle, CURLOPT_POSTFIELDS, keep(""))
+            } else {
+                payload.withUnsafeBytes { bytes in
+                    aftercare_easy_setopt_pointer(
+                        handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
+                }
+            }
         case .smtp(let from, let recipients, let message, let username, let password, let requireTLS):
             upload = message
             aftercare_easy_setopt_string(handle, CURLOPT_MAIL_FROM, keep("<\(from)>"))
