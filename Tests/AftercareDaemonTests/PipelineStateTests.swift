@@ -24,6 +24,8 @@ struct PipelineStateTests {
         case .checkLeases: "leases"
         case .recoverLapsed: "recover"
         case .claim(let limit): "claim(\(limit))"
+        case .send(let count): "send(\(count))"
+        case .releaseClaimed: "release"
         case .record(let outcomes): "record(\(outcomes.map(String.init).joined(separator: ",")))"
         case .cancelSends: "cancel"
         case .wait(let untilDue, let timeout):
@@ -44,6 +46,11 @@ struct PipelineStateTests {
             names.append(name(action))
             switch action {
             case .wait, .stop: return names
+            // The driver's own answers: every claimed reminder it is asked to send goes out.
+            case .send(let count): state.apply(.dispatched(taken: count, sent: count, settled: []), at: now)
+            case .releaseClaimed:
+                let count = state.claimedWaiting
+                state.apply(.dispatched(taken: count, sent: 0, settled: Array(repeating: -1, count: count)), at: now)
             default: if let event = answer(action) { state.apply(event, at: now) }
             }
         }
@@ -60,33 +67,37 @@ struct PipelineStateTests {
             case .claim(let limit):
                 let got = min(limit, left)
                 left -= got
-                return .claimed(sent: got, asked: limit, got: got, settled: [])
+                return .claimed(asked: limit, got: got)
             case .recoverLapsed: return .recovered
             default: return nil
             }
         }
     }
 
-    @Test("claims come in batches while a batch's worth of room is free, and stop when nothing more is due")
+    @Test("claims come in batches, one batch ahead of the sends, and stop when nothing more is due")
     func claimsInBatches() {
         var state = State(settings: Self.settings(limit: 8, batch: 4))
-        #expect(Self.turn(&state, at: 0, answer: Self.store(due: 10)) == ["leases", "claim(4)", "claim(4)", "status", "wait(-,-)"])
+        // Eight sent, and a third claim runs ahead; the store had ten, so it is exhausted.
+        #expect(Self.turn(&state, at: 0, answer: Self.store(due: 10)) == [
+            "leases", "claim(4)", "send(4)", "claim(4)", "send(4)", "claim(4)", "status", "wait(due,-)",
+        ])
         #expect(state.inFlight == 8)
-        // One send back: one slot free is less than a quarter of the limit, so no claim yet; the
+        #expect(state.claimedWaiting == 2)
+        // A send back: its slot goes at once to a reminder claimed ahead, without the store; the
         // outcome waits up to 20 ms to be written with others.
         state.apply(.resolved([1]), at: .milliseconds(5))
-        #expect(Self.turn(&state, at: 5) == ["wait(-,25ms)"])
+        #expect(Self.turn(&state, at: 5) == ["send(1)", "wait(due,25ms)"])
         state.apply(.resolved([2]), at: .milliseconds(6))
-        // Two slots free: a claim for two, of which the store has two left; then it has none.
-        #expect(Self.turn(&state, at: 6, answer: Self.store(due: 2)) == ["claim(2)", "wait(-,25ms)"])
-        // Two more back: the store has nothing more due; a batch's worth of outcomes is written.
+        #expect(Self.turn(&state, at: 6) == ["send(1)", "wait(due,25ms)"])
+        #expect(state.claimedWaiting == 0)
+        // Two more back: nothing more is due, so no claim; a batch's worth of outcomes is written.
         state.apply(.resolved([3, 4]), at: .milliseconds(7))
-        #expect(Self.turn(&state, at: 7, answer: Self.store(due: 0)) == ["claim(2)", "record(1,2,3,4)", "wait(due,-)"])
+        #expect(Self.turn(&state, at: 7, answer: Self.store(due: 0)) == ["record(1,2,3,4)", "wait(due,-)"])
         // No more claims until a timer or a signal, however much room comes free.
         state.apply(.resolved([5, 6]), at: .milliseconds(8))
         #expect(Self.turn(&state, at: 8) == ["wait(due,-)"])
         state.apply(.timer, at: .milliseconds(9))
-        #expect(Self.turn(&state, at: 9, answer: Self.store(due: 1)) == ["leases", "claim(4)", "wait(due,-)"])
+        #expect(Self.turn(&state, at: 9, answer: Self.store(due: 1)) == ["leases", "claim(4)", "send(1)", "wait(due,-)"])
     }
 
     @Test("outcomes are written in groups, one at a time: after 20 ms, at once when idle or a batch waits")
@@ -94,8 +105,8 @@ struct PipelineStateTests {
         var state = State(settings: Self.settings(limit: 8, batch: 4))
         _ = Self.turn(&state, at: 0, answer: Self.store(due: 8))
         state.apply(.resolved([1, 2]), at: .milliseconds(10))
-        // Room for a claim, but nothing more is due: the outcomes wait up to 20 ms for company.
-        #expect(Self.turn(&state, at: 10, answer: Self.store(due: 0)) == ["claim(2)", "wait(due,30ms)"])
+        // Nothing more is due: the outcomes wait up to 20 ms for company.
+        #expect(Self.turn(&state, at: 10) == ["wait(due,30ms)"])
         // 20 ms after the first finished, the group goes, and the next waits for it to be written.
         #expect(Self.turn(&state, at: 30) == ["record(1,2)", "wait(due,-)"])
         state.apply(.resolved([3, 4, 5, 6]), at: .milliseconds(31))
@@ -126,7 +137,7 @@ struct PipelineStateTests {
         var state = State(settings: Self.settings(limit: 8, batch: 4, watchdog: .seconds(4)))
         _ = Self.turn(&state, at: 0, answer: Self.store(due: 8))
         state.apply(.resolved([1, 2, 3, 4]), at: .milliseconds(10))
-        #expect(Self.turn(&state, at: 10, answer: Self.store(due: 0)) == ["ping", "claim(4)", "record(1,2,3,4)", "wait(due,2010ms)"])
+        #expect(Self.turn(&state, at: 10, answer: Self.store(due: 0)) == ["ping", "record(1,2,3,4)", "wait(due,2010ms)"])
         state.apply(.recordRefused([1, 2, 3, 4], error: "disk full"), at: .milliseconds(20))
         state.apply(.resolved([5]), at: .milliseconds(21))
         // Paused: no ping, no claim, no write; the status line says so; wake when the pause ends.
@@ -160,7 +171,7 @@ struct PipelineStateTests {
         }
         #expect(Self.turn(&state, at: 3, answer: lapsed) == ["leases", "record(1)", "wait(-,-)"])
         state.apply(.recorded, at: .milliseconds(4))
-        #expect(Self.turn(&state, at: 4, answer: Self.store(due: 4)) == ["recover", "claim(4)", "wait(-,-)"])
+        #expect(Self.turn(&state, at: 4, answer: Self.store(due: 4)) == ["recover", "claim(4)", "send(4)", "claim(4)", "wait(due,-)"])
     }
 
     @Test("shutdown: nothing more claimed, sends finish within the grace, the rest are cancelled, all written, stop")
@@ -177,6 +188,37 @@ struct PipelineStateTests {
         #expect(Self.turn(&state, at: 2110) == ["record(3,4,5,6,7,8)", "wait(-,-)"])
         state.apply(.recorded, at: .milliseconds(2120))
         #expect(Self.turn(&state, at: 2120) == ["stop(0)"])
+    }
+
+    @Test("shutdown gives back, as released, what was claimed ahead and never sent")
+    func shutdownReleasesClaimedAhead() {
+        var state = State(settings: Self.settings(limit: 8, batch: 4, grace: .seconds(2)))
+        _ = Self.turn(&state, at: 0, answer: Self.store(due: 12))
+        #expect(state.inFlight == 8 && state.claimedWaiting == 4)
+        state.apply(.signalled([.shutdown]), at: .milliseconds(10))
+        #expect(Self.turn(&state, at: 10) == ["release", "record(-1,-1,-1,-1)", "wait(-,2010ms)"])
+        #expect(state.claimedWaiting == 0)
+        state.apply(.recorded, at: .milliseconds(20))
+        state.apply(.resolved([1, 2, 3, 4, 5, 6, 7, 8]), at: .milliseconds(30))
+        #expect(Self.turn(&state, at: 30) == ["record(1,2,3,4,5,6,7,8)", "wait(-,2010ms)"])
+        state.apply(.recorded, at: .milliseconds(40))
+        #expect(Self.turn(&state, at: 40) == ["stop(0)"])
+    }
+
+    @Test("a claim still under way holds the stop until it is back, then its reminders are released")
+    func shutdownWaitsForClaim() {
+        var state = State(settings: Self.settings(limit: 8, batch: 4, grace: .seconds(2)))
+        // The claim is asked for but not answered yet.
+        #expect(Self.turn(&state, at: 0, answer: { action in
+            if case .checkLeases = action { return .leasesChecked(lapsed: false) }
+            return nil
+        }) == ["leases", "claim(4)", "status", "wait(-,-)"])
+        state.apply(.signalled([.shutdown]), at: .milliseconds(5))
+        #expect(Self.turn(&state, at: 5) == ["wait(-,2005ms)"])
+        state.apply(.claimed(asked: 4, got: 3), at: .milliseconds(6))
+        #expect(Self.turn(&state, at: 6) == ["release", "record(-1,-1,-1)", "wait(-,2005ms)"])
+        state.apply(.recorded, at: .milliseconds(7))
+        #expect(Self.turn(&state, at: 7) == ["stop(0)"])
     }
 
     @Test("stopping while the store refuses: tried again until the grace ends, then it stops and says how many")
@@ -202,7 +244,10 @@ struct PipelineStateTests {
             if case .reload = action { return .reloaded(Self.settings(limit: 8, batch: 2)) }
             return Self.store(due: 10)(action)
         }
-        #expect(Self.turn(&state, at: 10, answer: reloaded) == ["reload", "claim(2)", "claim(2)", "claim(2)", "claim(2)", "wait(-,-)"])
+        #expect(Self.turn(&state, at: 10, answer: reloaded) == [
+            "reload", "claim(2)", "send(2)", "claim(2)", "send(2)", "claim(2)", "send(2)", "claim(2)", "send(2)",
+            "claim(2)", "wait(-,-)",
+        ])
         state.apply(.signalled([.shutdown, .reload]), at: .milliseconds(20))
         #expect(Self.turn(&state, at: 20).contains("reload") == false)
     }

@@ -26,6 +26,8 @@ enum PipelineMessage: Sendable {
     case timer(generation: UInt64)
     /// A send finished, at this time and uptime.
     case sent(id: UInt64, SendJob, SendResult, at: Date, uptime: Duration)
+    case claimed([ClaimedReminder], asked: Int)
+    case claimFailed(error: String)
     case recorded
     case recordRefused([(ClaimedReminder, Resolution)], error: String)
 }
@@ -36,7 +38,7 @@ extension PipelineMessage {
     var changesDeadline: Bool {
         switch self {
         case .sent: false
-        case .signal, .timer, .recorded, .recordRefused: true
+        case .signal, .timer, .claimed, .claimFailed, .recorded, .recordRefused: true
         }
     }
 }
@@ -68,6 +70,8 @@ struct DispatchPipeline: Sendable {
         // The earliest due time or lease expiry as last read from the store; read again only after
         // something that may change it (a claim, a write, a recovery, a signal, the timer).
         var knownDeadline: Date??
+        // Claimed reminders not yet sent, earliest due first.
+        var waiting: [ClaimedReminder] = []
 
         while true {
             let now = clock.uptime()
@@ -101,19 +105,22 @@ struct DispatchPipeline: Sendable {
                 }
             case .claim(let limit):
                 guard let runtime = host.runtime else { return }
-                let claimed: [ClaimedReminder]
-                do {
-                    claimed = try await store.claimDue(
-                        now: clock.now(), limit: limit, leaseSeconds: runtime.config.dispatch.leaseSeconds)
-                } catch {
-                    if Task.isCancelled { return }
-                    state.apply(.storeFailed(what: "dispatch", error: "\(error)"), at: clock.uptime())
-                    continue
+                // In the background, like a write: sends go on and finish meanwhile.
+                Task { [store, clock, mailbox] in
+                    do {
+                        let claimed = try await store.claimDue(
+                            now: clock.now(), limit: limit, leaseSeconds: runtime.config.dispatch.leaseSeconds)
+                        mailbox.post(.claimed(claimed, asked: limit))
+                    } catch {
+                        mailbox.post(.claimFailed(error: "\(error)"))
+                    }
                 }
+            case .send(let count):
+                guard let runtime = host.runtime else { return }
                 let dispatcher = Dispatcher(runtime: runtime, clock: clock, logger: logger)
                 var settled: [(ClaimedReminder, Resolution)] = []
                 var sent = 0
-                for reminder in claimed {
+                for reminder in waiting.prefix(count) {
                     switch dispatcher.prepare(reminder) {
                     case .settled(let resolution):
                         settled.append((reminder, resolution))
@@ -126,9 +133,13 @@ struct DispatchPipeline: Sendable {
                         sent += 1
                     }
                 }
-                state.apply(
-                    .claimed(sent: sent, asked: limit, got: claimed.count, settled: settled), at: clock.uptime())
-                knownDeadline = nil
+                waiting.removeFirst(count)
+                state.apply(.dispatched(taken: count, sent: sent, settled: settled), at: clock.uptime())
+            case .releaseClaimed:
+                // Claimed, never sent: back to the queue as they were.
+                let released = waiting.map { ($0, Resolution.released) }
+                waiting.removeAll()
+                state.apply(.dispatched(taken: released.count, sent: 0, settled: released), at: clock.uptime())
             case .record(let outcomes):
                 // A task of its own, not cancelled with the daemon's: outcomes must land.
                 Task { [self] in
@@ -182,6 +193,11 @@ struct DispatchPipeline: Sendable {
                             resolved.append((job.reminder, job.dispatcher(clock: clock, logger: logger)
                                 .conclude(job, result: result, endedAt: endedAt, endedUptime: endedUptime)))
                         }
+                    case .claimed(let claimed, let asked):
+                        waiting.append(contentsOf: claimed)
+                        state.apply(.claimed(asked: asked, got: claimed.count), at: clock.uptime())
+                    case .claimFailed(let error):
+                        state.apply(.storeFailed(what: "dispatch", error: error), at: clock.uptime())
                     case .recorded:
                         state.apply(.recorded, at: clock.uptime())
                     case .recordRefused(let outcomes, let error):

@@ -8,8 +8,10 @@
 /// resolution); the state only counts and carries them.
 ///
 /// The rules it keeps:
-/// - at most `maxConcurrent` sends under way; claims come in batches, only when a batch's worth of
-///   room is free, and stop once the store has nothing more due until something wakes the pipeline;
+/// - at most `maxConcurrent` sends under way; claims come in batches, in the background, up to one
+///   batch ahead of the sends (so a send slot that frees never waits for the store), only when a
+///   batch's worth of room is free, and stop once the store has nothing more due until something
+///   wakes the pipeline;
 /// - outcomes are written in groups, one group at a time, at the latest `flushEvery` after the first
 ///   of them finished (at once when nothing else is under way or a batch's worth waits);
 /// - lapsed leases are looked for on every timer and at most every `leaseCheckEvery` otherwise, and
@@ -18,8 +20,9 @@
 /// - a store that refuses work pauses claims and writes for `storageRetry`; refused outcomes are kept,
 ///   in order, ahead of newer ones; the watchdog is not fed while the store (the pipeline's or
 ///   intake's) is failing, so a fault that never clears ends in a restart by systemd;
-/// - on shutdown nothing more is claimed; sends under way may finish until the grace period ends,
-///   then they are cancelled (and come back as released); outcomes are written, then it stops.
+/// - on shutdown nothing more is claimed and claims not yet sent are released; sends under way may
+///   finish until the grace period ends, then they are cancelled (and come back as released);
+///   outcomes are written, then it stops.
 struct PipelineState<Outcome: Sendable>: Sendable {
     /// What the configuration and the service manager decide.
     struct Settings: Sendable, Equatable {
@@ -54,8 +57,14 @@ struct PipelineState<Outcome: Sendable>: Sendable {
         case checkLeases
         /// Return lapsed claims to the queue; answer ``Event/recovered``.
         case recoverLapsed
-        /// Claim up to `limit` due reminders and start their sends; answer ``Event/claimed(sent:asked:got:settled:)``.
+        /// Claim up to `limit` due reminders, in the background; ``Event/claimed(asked:got:)`` or
+        /// ``Event/storeFailed(what:error:)`` follows. The claimed wait in the driver until sent.
         case claim(limit: Int)
+        /// Start the sends of this many claimed reminders; answer ``Event/dispatched(taken:sent:settled:)``.
+        case send(count: Int)
+        /// Shutdown: give back every claimed reminder not yet sent, as released; answer
+        /// ``Event/dispatched(taken:sent:settled:)``.
+        case releaseClaimed
         /// Write these outcomes, in the background; ``Event/recorded`` or ``Event/recordRefused(_:error:)`` follows.
         case record([Outcome])
         /// The grace period is over: abandon the sends still under way.
@@ -75,9 +84,11 @@ struct PipelineState<Outcome: Sendable>: Sendable {
         case reloaded(Settings)
         case leasesChecked(lapsed: Bool)
         case recovered
-        /// A claim took `got` of the `asked` reminders: `sent` of them are now being sent and
-        /// `settled` were resolved without a send (expired, held for quiet hours, no route).
-        case claimed(sent: Int, asked: Int, got: Int, settled: [Outcome])
+        /// A claim took `got` of the `asked` reminders; they wait in the driver to be sent.
+        case claimed(asked: Int, got: Int)
+        /// `taken` claimed reminders left the driver's hands: `sent` of them are being sent, and
+        /// `settled` were resolved without a send (expired, held for quiet hours, no route, released).
+        case dispatched(taken: Int, sent: Int, settled: [Outcome])
         /// Sends finished.
         case resolved([Outcome])
         case recorded
@@ -88,6 +99,9 @@ struct PipelineState<Outcome: Sendable>: Sendable {
 
     private(set) var settings: Settings
     private(set) var inFlight = 0
+    /// Claimed and not yet sent: held by the driver.
+    private(set) var claimedWaiting = 0
+    private(set) var claiming = false
     private var finished: [Outcome] = []
     private var firstUnrecorded: Duration?
     private(set) var recording = false
@@ -118,11 +132,18 @@ struct PipelineState<Outcome: Sendable>: Sendable {
 
     private var limit: Int { max(1, settings.maxConcurrent) }
 
-    /// Whether there is room for another claim: a batch's worth (or a quarter of the limit, if
-    /// smaller) of free slots, or nothing under way at all.
-    private var hasRoom: Bool {
-        inFlight == 0 || limit - inFlight >= min(settings.batchSize, max(1, limit / 4))
+    /// How far claims run ahead of the sends: one batch, at most the limit.
+    private var lookahead: Int { min(max(1, settings.batchSize), limit) }
+
+    /// Room for another claim: a batch's worth (or a quarter of the limit, if smaller) free in the
+    /// sends under way plus those claimed ahead, or nothing claimed or under way at all.
+    private var claimRoom: Int {
+        let free = limit + lookahead - inFlight - claimedWaiting
+        return inFlight + claimedWaiting == 0 || free >= min(settings.batchSize, max(1, limit / 4)) ? free : 0
     }
+
+    /// Whether the pipeline could take more work if it were due.
+    private var hasRoom: Bool { claimRoom > 0 }
 
     private func paused(_ now: Duration) -> Bool { retryAt.map { now < $0 } ?? false }
 
@@ -144,11 +165,15 @@ struct PipelineState<Outcome: Sendable>: Sendable {
             storeWorked(now)
         case .recovered:
             storeWorked(now)
-        case .claimed(let sent, let asked, let got, let settled):
-            inFlight += sent
-            keep(settled, now)
+        case .claimed(let asked, let got):
+            claiming = false
+            claimedWaiting += got
             if got < asked { dueExhausted = true }
             storeWorked(now)
+        case .dispatched(let taken, let sent, let settled):
+            claimedWaiting -= taken
+            inFlight += sent
+            keep(settled, now)
         case .resolved(let outcomes):
             inFlight -= outcomes.count
             keep(outcomes, now)
@@ -163,6 +188,7 @@ struct PipelineState<Outcome: Sendable>: Sendable {
             if firstUnrecorded == nil { firstUnrecorded = now }
             storeFailed("recording outcomes", error, now)
         case .storeFailed(let what, let error):
+            claiming = false
             storeFailed(what, error, now)
         }
     }
@@ -181,12 +207,16 @@ struct PipelineState<Outcome: Sendable>: Sendable {
             return .pingWatchdog
         }
         let paused = paused(now)
+        if claimedWaiting > 0 {
+            if stopping { return .releaseClaimed }
+            if inFlight < limit { return .send(count: min(claimedWaiting, limit - inFlight)) }
+        }
         if stopping {
             if graceOver(now), inFlight > 0, !sendsCancelled {
                 sendsCancelled = true
                 return .cancelSends
             }
-            if inFlight == 0, !recording {
+            if inFlight == 0, !recording, !claiming {
                 if finished.isEmpty { return .stop(unrecorded: 0) }
                 if failingSince != nil, graceOver(now) { return .stop(unrecorded: finished.count) }
             }
@@ -196,12 +226,13 @@ struct PipelineState<Outcome: Sendable>: Sendable {
                 nextLeaseCheck = now + Self.leaseCheckEvery
                 return .checkLeases
             }
-            if recoveryWanted, !recording, finished.isEmpty {
+            if recoveryWanted, !recording, !claiming, finished.isEmpty {
                 recoveryWanted = false
                 return .recoverLapsed
             }
-            if !recoveryWanted, !dueExhausted, hasRoom {
-                return .claim(limit: min(settings.batchSize, limit - inFlight))
+            if !recoveryWanted, !dueExhausted, !claiming, claimRoom > 0 {
+                claiming = true
+                return .claim(limit: min(settings.batchSize, claimRoom))
             }
         }
         if !recording, !finished.isEmpty, !paused, let first = firstUnrecorded,
@@ -230,7 +261,7 @@ struct PipelineState<Outcome: Sendable>: Sendable {
         if let graceDeadline, !graceOver(now) { earliest(graceDeadline) }
         // Sleep until work falls due only when it could be taken: with room for it, and no lapsed
         // leases waiting on outcomes being written (that write's end wakes the pipeline).
-        return .wait(untilDue: !stopping && !paused && hasRoom && !recoveryWanted, timeout: timeout)
+        return .wait(untilDue: !stopping && !paused && hasRoom && !recoveryWanted && !claiming, timeout: timeout)
     }
 
     private mutating func keep(_ outcomes: [Outcome], _ now: Duration) {
