@@ -102,6 +102,19 @@ extension ReminderStore {
         }
     }
 
+    /// Whether any reminder is due by `now` and not yet settled: two index probes, whatever the
+    /// backlog's size (for polling while it drains).
+    public func hasDueOrClaimed(now: Date) async throws -> Bool {
+        try await read { db in
+            try Bool.fetchOne(
+                db,
+                sql: """
+                    SELECT EXISTS (SELECT 1 FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled' AND due_at <= ?)
+                        OR EXISTS (SELECT 1 FROM reminder INDEXED BY reminder_leased WHERE state = 'claimed')
+                    """, arguments: [now.timeIntervalSince1970]) ?? false
+        }
+    }
+
     /// One procedure and its reminders in step order of due time, or `nil` if unknown.
     public func procedure(_ id: String) async throws -> (ProcedureView, [ReminderView])? {
         try await read { db in
