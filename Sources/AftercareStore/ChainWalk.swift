@@ -53,11 +53,11 @@ struct ChainRowHasher {
     }
 
     /// The stored hash column as 32 bytes, or `nil` if it is not 64 hex digits.
-    static func storedHash(_ statement: SQLiteStatement) -> [UInt8]? {
-        guard sqlite3_column_type(statement, hashColumn) == SQLITE_TEXT,
-            let text = sqlite3_column_text(statement, hashColumn)
+    static func storedHash(_ statement: SQLiteStatement, column: Int32 = hashColumn) -> [UInt8]? {
+        guard sqlite3_column_type(statement, column) == SQLITE_TEXT,
+            let text = sqlite3_column_text(statement, column)
         else { return nil }
-        guard sqlite3_column_bytes(statement, hashColumn) == 64 else { return nil }
+        guard sqlite3_column_bytes(statement, column) == 64 else { return nil }
         var bytes = [UInt8](repeating: 0, count: 32)
         for index in 0..<32 {
             guard let high = nibble(text[2 * index]), let low = nibble(text[2 * index + 1]) else { return nil }

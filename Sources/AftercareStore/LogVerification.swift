@@ -90,8 +90,98 @@ extension ReminderStore {
     /// after the anchor was kept (legitimate or forged by someone with the file) removes history
     /// the anchor vouched for, so the anchor no longer passes; a legitimate prune prints the new
     /// head to keep instead.
+    ///
+    /// On a large log the rows' hashes are checked first in two halves at once, each on a reader of
+    /// its own: a row's hash only needs the hash stored in the row before it, so the halves need
+    /// nothing from each other. The walk then follows the chain in order (the seqs, the checkpoint,
+    /// the anchor), reading only the seq and hash of the rows already checked. If either half finds
+    /// a row that does not match, the walk hashes every row itself, so the report names the first
+    /// broken row exactly as a plain walk does.
     public func verifyLog(anchor: LogAnchor?) async throws -> ChainReport {
-        try await read { db in try Self.walkChain(db, anchor: anchor) }
+        try await verifyLog(anchor: anchor, halvesFrom: Self.halvesFrom)
+    }
+
+    /// ``verifyLog(anchor:)`` checking in halves from `halvesFrom` rows (tests use small logs).
+    func verifyLog(anchor: LogAnchor?, halvesFrom: Int64) async throws -> ChainReport {
+        let checkedThrough = try await checkHashesInHalves(from: halvesFrom)
+        return try await read { db in try Self.walkChain(db, anchor: anchor, hashesCheckedThrough: checkedThrough) }
+    }
+
+    /// Below this many rows one walk is quick enough.
+    static let halvesFrom: Int64 = 50_000
+
+    /// Checks every row's hash against the row before it in two halves at once. Returns the last
+    /// row checked when every row matched, `nil` when one did not (or the log is small or has gaps).
+    func checkHashesInHalves(from minimum: Int64) async throws -> Int64? {
+        let bounds = try await read { db -> [Int64]? in
+            guard let row = try Row.fetchOne(db, sql: "SELECT MIN(seq), MAX(seq), COUNT(*) FROM delivery_log"),
+                let low: Int64 = row[0], let high: Int64 = row[1], let count: Int64 = row[2]
+            else { return nil }
+            return [low, high, count]
+        }
+        guard let bounds, bounds[2] >= minimum, bounds[1] - bounds[0] + 1 == bounds[2] else { return nil }
+        let (low, high) = (bounds[0], bounds[1])
+        let middle = low + (high - low) / 2
+        async let first = read { db in try Self.hashesMatch(db, from: low, through: middle) }
+        async let second = read { db in try Self.hashesMatch(db, from: middle + 1, through: high) }
+        let matched = try await (first, second)
+        return matched.0 && matched.1 ? high : nil
+    }
+
+    /// Whether every row from `low` through `high` hashes, chained to the hash stored in the row
+    /// before it (or the chain's start), to its own stored hash.
+    static func hashesMatch(_ db: Database, from low: Int64, through high: Int64) throws -> Bool {
+        var previous: [UInt8]
+        if let text = try String.fetchOne(db, sql: "SELECT hash FROM delivery_log WHERE seq = ?", arguments: [low - 1]) {
+            guard let bytes = Data(hexString: text), bytes.count == 32 else { return false }
+            previous = [UInt8](bytes)
+        } else {
+            let start = try chainStart(db)
+            guard start.seq == low, let bytes = Data(hexString: start.previous), bytes.count == 32 else { return false }
+            previous = [UInt8](bytes)
+        }
+        var hasher = ChainRowHasher()
+        let statement = try db.makeStatement(
+            sql: "SELECT \(ChainRowHasher.columns) FROM delivery_log WHERE seq BETWEEN ? AND ? ORDER BY seq")
+        let raw = statement.sqliteStatement
+        defer { sqlite3_reset(raw) }
+        sqlite3_bind_int64(raw, 1, low)
+        sqlite3_bind_int64(raw, 2, high)
+        var expected = low
+        while true {
+            let code = sqlite3_step(raw)
+            if code == SQLITE_DONE { break }
+            guard code == SQLITE_ROW else {
+                throw DatabaseError(
+                    resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+            }
+            guard sqlite3_column_int64(raw, 0) == expected else { return false }
+            let digest = hasher.hash(raw, previous: previous)
+            guard !hasher.foreignType, let stored = ChainRowHasher.storedHash(raw), digest.elementsEqual(stored) else {
+                return false
+            }
+            previous = stored
+            expected += 1
+        }
+        return expected == high + 1
+    }
+
+    /// Where the chain starts: the first kept row and the hash before it from the latest checkpoint,
+    /// or row 1 after the genesis hash.
+    static func chainStart(_ db: Database) throws -> (seq: Int64, previous: String, checkpoint: LogCheckpoint?) {
+        guard let row = try Row.fetchOne(
+            db,
+            sql: """
+                SELECT seq, at, CAST(actor AS BLOB) AS actor, CAST(detail AS BLOB) AS detail FROM delivery_log
+                WHERE event = 'checkpoint' ORDER BY seq DESC LIMIT 1
+                """),
+            let found = checkpointAnchor(row.text("detail") ?? "")
+        else { return (1, LogChain.genesis, nil) }
+        let checkpoint = LogCheckpoint(
+            seq: row["seq"], firstKept: found.seq, previousHash: found.previous,
+            pruned: prunedRange(row.text("detail") ?? ""), at: Date(timeIntervalSince1970: row["at"]),
+            actor: row.text("actor"))
+        return (found.seq, found.previous, checkpoint)
     }
 
     static let logColumns = """
@@ -103,25 +193,11 @@ extension ReminderStore {
         CAST(message_hash AS BLOB) AS message_hash, hash
         """
 
-    static func walkChain(_ db: Database, anchor: LogAnchor?) throws -> ChainReport {
-        var previous = LogChain.genesis
-        var expectedSeq: Int64 = 1
-        var checkpoint: LogCheckpoint?
-        if let row = try Row.fetchOne(
-            db,
-            sql: """
-                SELECT seq, at, CAST(actor AS BLOB) AS actor, CAST(detail AS BLOB) AS detail FROM delivery_log
-                WHERE event = 'checkpoint' ORDER BY seq DESC LIMIT 1
-                """),
-            let found = checkpointAnchor(row.text("detail") ?? "")
-        {
-            expectedSeq = found.seq
-            previous = found.previous
-            checkpoint = LogCheckpoint(
-                seq: row["seq"], firstKept: found.seq, previousHash: found.previous,
-                pruned: prunedRange(row.text("detail") ?? ""), at: Date(timeIntervalSince1970: row["at"]),
-                actor: row.text("actor"))
-        }
+    static func walkChain(_ db: Database, anchor: LogAnchor?, hashesCheckedThrough: Int64? = nil) throws -> ChainReport {
+        let start = try chainStart(db)
+        var previous = start.previous
+        var expectedSeq = start.seq
+        let checkpoint = start.checkpoint
         func broken(_ seq: Int64, _ reason: String) -> ChainReport {
             ChainReport(verdict: .broken(seq: seq, reason: reason), checkpoint: checkpoint, anchoredSeq: nil)
         }
@@ -130,11 +206,26 @@ extension ReminderStore {
         // The walk reads SQLite's columns directly (see ChainRowHasher), byte for byte as stored.
         var previousBytes = [UInt8](Data(hexString: previous) ?? Data(count: 32))
         var hasher = ChainRowHasher()
-        let statement = try db.makeStatement(sql: "SELECT \(ChainRowHasher.columns) FROM delivery_log ORDER BY seq")
-        let raw = statement.sqliteStatement
-        defer { sqlite3_reset(raw) }
+        // Rows whose hashes were checked already are read as seq and hash only.
+        let checked = hashesCheckedThrough ?? 0
+        let light = try db.makeStatement(sql: "SELECT seq, hash FROM delivery_log WHERE seq <= ? ORDER BY seq")
+        let full = try db.makeStatement(
+            sql: "SELECT \(ChainRowHasher.columns) FROM delivery_log WHERE seq > ? ORDER BY seq")
+        sqlite3_bind_int64(light.sqliteStatement, 1, checked)
+        sqlite3_bind_int64(full.sqliteStatement, 1, checked)
+        defer {
+            sqlite3_reset(light.sqliteStatement)
+            sqlite3_reset(full.sqliteStatement)
+        }
+        var raw = light.sqliteStatement
+        var hashing = false
         while true {
-            let code = sqlite3_step(raw)
+            var code = sqlite3_step(raw)
+            if code == SQLITE_DONE, !hashing {
+                raw = full.sqliteStatement
+                hashing = true
+                code = sqlite3_step(raw)
+            }
             if code == SQLITE_DONE { break }
             guard code == SQLITE_ROW else {
                 throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
@@ -151,11 +242,19 @@ extension ReminderStore {
                         : "row \(expectedSeq) is missing (next row is \(seq))"
                 )
             }
-            let digest = hasher.hash(raw, previous: previousBytes)
-            let stored = ChainRowHasher.storedHash(raw)
-            // A column of a type the appender never writes is an edit, whatever its value.
-            guard !hasher.foreignType, let stored, digest.elementsEqual(stored) else {
-                return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
+            let stored: [UInt8]
+            if hashing {
+                let digest = hasher.hash(raw, previous: previousBytes)
+                // A column of a type the appender never writes is an edit, whatever its value.
+                guard !hasher.foreignType, let found = ChainRowHasher.storedHash(raw), digest.elementsEqual(found) else {
+                    return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
+                }
+                stored = found
+            } else {
+                guard let found = ChainRowHasher.storedHash(raw, column: 1) else {
+                    return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
+                }
+                stored = found
             }
             if let anchor {
                 let storedText = Hex.encode(stored)

@@ -1,5 +1,5 @@
 import AftercareCore
-import AftercareStore
+@testable import AftercareStore
 import Foundation
 import GRDB
 import Testing
@@ -54,6 +54,54 @@ struct DeliveryLogTests {
         let head = try #require(try await store.logHead())
         #expect(head.seq > 1500)
         #expect(verdict == .intact(rows: Int(head.seq), head: head.hash))
+    }
+
+    @Test(
+        "checked in two halves at once, verify reports exactly what one walk reports",
+        arguments: [
+            "", "UPDATE delivery_log SET outcome = 'delivered' WHERE seq = 40",
+            "UPDATE delivery_log SET detail = 'x' WHERE seq = (SELECT MAX(seq) FROM delivery_log) - 3",
+            "UPDATE delivery_log SET hash = (SELECT hash FROM delivery_log WHERE seq = 1) WHERE seq = 1200",
+            "DELETE FROM delivery_log WHERE seq = 900",
+            "UPDATE delivery_log SET seq = -1 WHERE seq = 1000; UPDATE delivery_log SET seq = 1000 WHERE seq = 1001; "
+                + "UPDATE delivery_log SET seq = 1001 WHERE seq = -1",
+            "UPDATE delivery_log SET attempt = CAST(attempt AS BLOB) WHERE seq = (SELECT MAX(seq) FROM delivery_log "
+                + "WHERE attempt IS NOT NULL)",
+        ])
+    func halvesAgreeWithOneWalk(tampering: String) async throws {
+        let store = try await busyStore()
+        if !tampering.isEmpty { try await sql(tampering) }
+        let oneWalk = try await store.verifyLog(anchor: nil, halvesFrom: .max)
+        let halves = try await store.verifyLog(anchor: nil, halvesFrom: 1)
+        #expect(halves.verdict == oneWalk.verdict)
+        if tampering.isEmpty {
+            // The halves did check every row (the walk then read only seqs and hashes).
+            let head = try #require(try await store.logHead())
+            #expect(try await store.checkHashesInHalves(from: 1) == head.seq)
+            #expect(halves.verdict == .intact(rows: Int(head.seq), head: head.hash))
+            // After a prune the halves start from the checkpoint's hash.
+            _ = try await store.ingest(
+                [Fixture.file("all.json", (0..<400).map { .cancel(procedureID: "P-\($0)", reason: "done") })],
+                now: Fixture.base.addingTimeInterval(3 * 86400), plan: Fixture.plan)
+            let pruned = try await store.pruneLog(
+                before: Fixture.base.addingTimeInterval(86400), now: Fixture.base.addingTimeInterval(10 * 86400),
+                actor: "admin")
+            #expect(pruned.removed > 0)
+            let newHead = try #require(try await store.logHead())
+            #expect(try await store.checkHashesInHalves(from: 1) == newHead.seq)
+            let afterPrune = try await store.verifyLog(anchor: nil, halvesFrom: 1)
+            #expect(afterPrune.verdict == (try await store.verifyLog(anchor: nil, halvesFrom: .max)).verdict)
+            guard case .intact = afterPrune.verdict else {
+                Issue.record("a pruned log verifies: \(afterPrune.verdict)")
+                return
+            }
+        } else {
+            #expect(try await store.checkHashesInHalves(from: 1) == nil)
+            guard case .broken = halves.verdict else {
+                Issue.record("tampering not caught: \(tampering)")
+                return
+            }
+        }
     }
 
     @Test("an edited row is named")
