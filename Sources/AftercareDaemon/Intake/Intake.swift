@@ -30,7 +30,7 @@ public struct Intake: Sendable {
     /// Files per transaction, and requests per transaction: big enough for bulk imports to go fast,
     /// small enough that one commit never holds the writer for long.
     static let filesPerBatch = 512
-    static let requestsPerBatch = 20_000
+    static let requestsPerBatch = 5_000
     /// A file that fails to parse and is younger than this may still be being written by a careless
     /// producer: look again later rather than refuse it.
     static let settleSeconds: TimeInterval = 5
