@@ -382,6 +382,22 @@ extension ReminderStore {
             .map(Date.init(timeIntervalSince1970:))
     }
 
+    /// When the pipeline next has something to do by the clock: the earliest due time or lease
+    /// expiry, in one read.
+    public func nextDueOrLeaseExpiry() async throws -> Date? {
+        try await read { db in
+            try Double.fetchOne(
+                db,
+                sql: """
+                    SELECT MIN(t) FROM (
+                        SELECT MIN(due_at) AS t FROM reminder INDEXED BY reminder_due WHERE state = 'scheduled'
+                        UNION ALL
+                        SELECT MIN(lease_expires_at) FROM reminder INDEXED BY reminder_leased WHERE state = 'claimed')
+                    """
+            ).map(Date.init(timeIntervalSince1970:))
+        }
+    }
+
     /// When the earliest lease lapses, if any claim is held.
     public func nextLeaseExpiry() async throws -> Date? {
         try await read { db in

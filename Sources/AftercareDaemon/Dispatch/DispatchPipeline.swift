@@ -162,8 +162,12 @@ struct DispatchPipeline: Sendable {
                     var deadline: Date?
                     if untilDue {
                         if knownDeadline == nil {
-                            knownDeadline = [try? await store.nextDueTime(), try? await store.nextLeaseExpiry()]
-                                .compactMap { $0 }.compactMap { $0 }.min()
+                            do {
+                                knownDeadline = .some(try await store.nextDueOrLeaseExpiry())
+                            } catch {
+                                // Not known: look again in a second rather than sleep past due work.
+                                knownDeadline = .some(clock.now().addingTimeInterval(1))
+                            }
                         }
                         deadline = knownDeadline ?? nil
                     }

@@ -14,9 +14,9 @@
 ///   wakes the pipeline;
 /// - outcomes are written in groups, one group at a time, at the latest `flushEvery` after the first
 ///   of them finished (at once when nothing else is under way or a batch's worth waits);
-/// - lapsed leases are looked for on every timer and at most every `leaseCheckEvery` otherwise, and
-///   are returned to the queue only once every outcome in hand is written (those belong to live
-///   claims);
+/// - lapsed leases are looked for at start and then at most every `leaseCheckEvery` as the pipeline
+///   turns (a lease expiry is among the times it wakes for), and are returned to the queue only once
+///   every outcome in hand is written (those belong to live claims);
 /// - a store that refuses work pauses claims and writes for `storageRetry`; refused outcomes are kept,
 ///   in order, ahead of newer ones; the watchdog is not fed while the store (the pipeline's or
 ///   intake's) is failing, so a fault that never clears ends in a restart by systemd;
@@ -156,8 +156,9 @@ struct PipelineState<Outcome: Sendable>: Sendable {
             if reasons.contains(.reload) && !stopping { reloadWanted = true }
             if reasons.contains(.shutdown) { beginStopping(now) }
         case .timer:
+            // Something fell due (or a lease may have lapsed: leases are looked at on the next turn
+            // at least a second after the last look, so steady traffic does not read them each time).
             dueExhausted = false
-            leasesWanted = true
         case .reloaded(let settings):
             self.settings = settings
         case .leasesChecked(let lapsed):
