@@ -45,7 +45,7 @@ struct DeliveryBenchmark {
             name: "delivery",
             senders: try Self.senders(receiver: receiver, secretPath: secretPath),
             channels: "sms = \"gateway\"",
-            dispatch: "batch_size = 1024\nmax_concurrent = 256\nmax_per_host = 256"
+            dispatch: "batch_size = 256\nmax_concurrent = 256\nmax_per_host = 256"
         )
         defer { bench.remove() }
 
