@@ -35,8 +35,10 @@ enum Preparation: Sendable {
     case send(SendJob)
 }
 
-/// One message ready to go, with what its result needs to become a resolution.
-struct SendJob: Sendable {
+/// One message ready to go, with what its result needs to become a resolution. A class: it travels
+/// from the pipeline to the sender's completion and back through the mailbox, and a reference is
+/// one retain where a copy of all it holds would be dozens.
+final class SendJob: Sendable {
     /// The configuration the job was prepared under (a reload may replace it meanwhile).
     let runtime: Runtime
     let reminder: ClaimedReminder
@@ -47,6 +49,21 @@ struct SendJob: Sendable {
     let startedAt: Date
     let startedUptime: Duration
     let protocolVersion: ProtocolVersion
+
+    init(
+        runtime: Runtime, reminder: ClaimedReminder, step: Step, route: UsableRoute, optedOut: [String],
+        message: OutboundMessage, startedAt: Date, startedUptime: Duration, protocolVersion: ProtocolVersion
+    ) {
+        self.runtime = runtime
+        self.reminder = reminder
+        self.step = step
+        self.route = route
+        self.optedOut = optedOut
+        self.message = message
+        self.startedAt = startedAt
+        self.startedUptime = startedUptime
+        self.protocolVersion = protocolVersion
+    }
 
     var sender: any Sender { route.sender }
 }
