@@ -140,13 +140,15 @@ let package = Package(
         ),
         .testTarget(
             name: "AftercareStoreTests",
-            dependencies: ["AftercareStore", "AftercareCore", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "AftercareStore", "AftercareCore", "AftercareTestKit", .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "AftercareDeliveryTests",
             dependencies: [
-                "AftercareDelivery", "AftercareCore",
+                "AftercareDelivery", "AftercareCore", "AftercareTestKit",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

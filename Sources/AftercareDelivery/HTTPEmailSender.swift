@@ -9,7 +9,7 @@ import Foundation
 /// ```
 /// with `Authorization: Bearer <token>` and `Idempotency-Key: <reminder id>` (the same on every
 /// retry). Responses are classified as for webhooks.
-public struct HTTPEmailSender: Sender {
+public struct HTTPEmailSender: CurlTransferSender {
     public let name: String
     let settings: HTTPEmailSettings
     let token: String
@@ -35,25 +35,9 @@ public struct HTTPEmailSender: Sender {
         self.engine = engine
     }
 
-    public func send(_ message: OutboundMessage) async -> SendResult {
-        switch request(for: message) {
-        case .success(let request): return Classification.http(await engine.perform(request))
-        case .failure(let refusal): return refusal.result
-        }
-    }
+    func transfer(for message: OutboundMessage) -> Result<CurlRequest, Refusal> { request(for: message) }
 
-    public func submit(
-        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
-    ) -> SendTicket {
-        switch request(for: message) {
-        case .success(let request):
-            let transfer = engine.start(request) { completion(Classification.http($0)) }
-            return SendTicket { transfer.cancel() }
-        case .failure(let refusal):
-            completion(refusal.result)
-            return SendTicket {}
-        }
-    }
+    func classify(_ response: CurlResponse) -> SendResult { Classification.http(response) }
 
     /// The API call for a message, or why it is refused before sending.
     func request(for message: OutboundMessage) -> Result<CurlRequest, Refusal> {

@@ -9,7 +9,7 @@ import Foundation
 /// body in base64, and `Auto-Submitted: auto-generated`. `smtp://` requires STARTTLS unless the
 /// config explicitly allows plain text (loopback relays); `smtps://` is TLS from the start.
 /// 2xx is delivered; 4xx replies and connection failures retry; 5xx replies fail.
-public struct SMTPSender: Sender {
+public struct SMTPSender: CurlTransferSender {
     public let name: String
     let settings: SMTPSettings
     let password: String?
@@ -43,25 +43,9 @@ public struct SMTPSender: Sender {
         self.clock = clock
     }
 
-    public func send(_ message: OutboundMessage) async -> SendResult {
-        switch request(for: message) {
-        case .success(let request): return Classification.smtp(await engine.perform(request))
-        case .failure(let refusal): return refusal.result
-        }
-    }
+    func transfer(for message: OutboundMessage) -> Result<CurlRequest, Refusal> { request(for: message) }
 
-    public func submit(
-        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
-    ) -> SendTicket {
-        switch request(for: message) {
-        case .success(let request):
-            let transfer = engine.start(request) { completion(Classification.smtp($0)) }
-            return SendTicket { transfer.cancel() }
-        case .failure(let refusal):
-            completion(refusal.result)
-            return SendTicket {}
-        }
-    }
+    func classify(_ response: CurlResponse) -> SendResult { Classification.smtp(response) }
 
     /// The SMTP submission for a message, or why it is refused before sending.
     func request(for message: OutboundMessage) -> Result<CurlRequest, Refusal> {

@@ -48,6 +48,38 @@ public struct SendTicket: Sendable {
 }
 
 /// A message a sender will not put on the wire (an address its channel cannot take): a permanent failure.
+/// A sender that turns a message into one curl transfer (or refuses it before sending) and its
+/// response into a result: `send` and `submit` are the same for all of them.
+protocol CurlTransferSender: Sender {
+    var engine: CurlEngine { get }
+    /// The transfer for a message, or why it is refused before anything is sent.
+    func transfer(for message: OutboundMessage) -> Result<CurlRequest, Refusal>
+    /// What a finished transfer means for the reminder.
+    func classify(_ response: CurlResponse) -> SendResult
+}
+
+extension CurlTransferSender {
+    public func send(_ message: OutboundMessage) async -> SendResult {
+        switch transfer(for: message) {
+        case .success(let request): return classify(await engine.perform(request))
+        case .failure(let refusal): return refusal.result
+        }
+    }
+
+    public func submit(
+        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
+    ) -> SendTicket {
+        switch transfer(for: message) {
+        case .success(let request):
+            let transfer = engine.start(request) { completion(classify($0)) }
+            return SendTicket { transfer.cancel() }
+        case .failure(let refusal):
+            completion(refusal.result)
+            return SendTicket {}
+        }
+    }
+}
+
 struct Refusal: Error {
     var reason: String
     var result: SendResult { SendResult(.failed(reason: reason)) }

@@ -14,7 +14,7 @@ import Foundation
 /// seconds), `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed with the
 /// base64 part of the `whsec_` secret. 2xx is delivered; 408, 429, 5xx and network errors retry
 /// (honouring `Retry-After`); 3xx (never followed) and other 4xx fail.
-public struct WebhookSender: Sender {
+public struct WebhookSender: CurlTransferSender {
     public let name: String
     let settings: WebhookSettings
     /// The raw HMAC key (SymmetricKey itself is not Sendable).
@@ -67,16 +67,9 @@ public struct WebhookSender: Sender {
         return Data(bytes)
     }
 
-    public func send(_ message: OutboundMessage) async -> SendResult {
-        Classification.http(await engine.perform(request(for: message)))
-    }
+    func transfer(for message: OutboundMessage) -> Result<CurlRequest, Refusal> { .success(request(for: message)) }
 
-    public func submit(
-        _ message: OutboundMessage, completion: @escaping @Sendable (SendResult) -> Void
-    ) -> SendTicket {
-        let transfer = engine.start(request(for: message)) { completion(Classification.http($0)) }
-        return SendTicket { transfer.cancel() }
-    }
+    func classify(_ response: CurlResponse) -> SendResult { Classification.http(response) }
 
     public func shutdown() async {}
 
@@ -238,16 +231,7 @@ struct JSONBytes {
         let seconds = Int(date.timeIntervalSince1970.rounded(.down))
         let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
         let secondOfDay = seconds - days * 86400
-        // Days to a proleptic Gregorian date (Howard Hinnant's algorithm, as Timestamp uses).
-        let z = days + 719468
-        let era = (z >= 0 ? z : z - 146096) / 146097
-        let doe = z - era * 146097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        let (year, month, day) = Timestamp.civilFromDays(days)
         guard (0...9999).contains(year) else {
             // Far outside any reminder's lifetime: the general formatter's padding rules apply.
             appendString(Timestamp.format(date, in: .gmt).replacingOccurrences(of: "+00:00", with: "Z"), to: &out)

@@ -1,5 +1,6 @@
 import AftercareCore
 @testable import AftercareDelivery
+import AftercareTestKit
 import Crypto
 import Foundation
 import Testing
@@ -31,18 +32,6 @@ enum LegacyWebhook {
     }
 }
 
-/// SplitMix64: the same "random" messages on every run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite("Webhook bodies and signatures built in bytes are the bytes built through Strings")
 struct WebhookBytesTests {
     /// Characters that take every path of the escaper: quotes, backslashes, every control
@@ -61,7 +50,7 @@ struct WebhookBytesTests {
     }
 
     static func messages(_ count: Int) -> [OutboundMessage] {
-        var generator = SeededGenerator(state: 11)
+        var generator = SeededGenerator(seed: 11)
         return (0..<count).map { index in
             // Dates from 1900 to 2200, with and without fractions of a second.
             let seconds = Double.random(in: -2_208_988_800...7_258_118_400, using: &generator)

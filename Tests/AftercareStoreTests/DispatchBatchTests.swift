@@ -1,21 +1,9 @@
 import AftercareCore
 @testable import AftercareStore
+import AftercareTestKit
 import Foundation
 import GRDB
 import Testing
-
-/// SplitMix64: the same random rows on every run, so a failure can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Random text drawn from pieces that have tripped encoders before: NUL, separators, digits,
 /// line breaks, combining marks, emoji, CJK; long enough at times for two- and three-digit lengths.
@@ -51,7 +39,7 @@ struct DispatchBatchTests {
 
     @Test("the byte encoder writes exactly LogChain.canonical's bytes on thousands of random rows")
     func encoderMatchesCanonical() {
-        var random = SeededGenerator(state: 11)
+        var random = SeededGenerator(seed: 11)
         var encoder = LogRowEncoder()
         var edges = [LogEntry(at: Date(timeIntervalSince1970: 0), event: .attempt)]
         edges.append(
@@ -87,7 +75,7 @@ struct DispatchBatchTests {
 
     @Test("the routes column encodes any routes unambiguously and reads them back exactly")
     func routesColumnRoundTrips() {
-        var random = SeededGenerator(state: 7)
+        var random = SeededGenerator(seed: 7)
         for _ in 0..<3000 {
             let routes = (0..<Int.random(in: 0...4, using: &random)).map { _ in
                 ContactRoute(
