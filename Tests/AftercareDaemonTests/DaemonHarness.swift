@@ -3,6 +3,7 @@ import AftercareCore
 import AftercareDaemon
 import AftercareDelivery
 import AftercareStore
+import AftercareTestKit
 import Foundation
 import Logging
 import Synchronization
@@ -14,10 +15,6 @@ final class DaemonHarness: Sendable {
     let daemon: AftercareDaemon
     private let ownsRoot: Bool
     private let task: Mutex<Task<Void, any Error>?> = Mutex(nil)
-
-    static var repositoryRoot: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    }
 
     /// - Parameters:
     ///   - quietHours: `start`/`end` for `[quiet_hours]`, or `nil` for none.
@@ -32,28 +29,10 @@ final class DaemonHarness: Sendable {
         root = NSTemporaryDirectory() + "aftercare-daemon-tests-" + UUID().uuidString
         ownsRoot = true
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let protocolFile = Self.repositoryRoot.appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
         let quiet = quietHours.map { "[quiet_hours]\nstart = \"\($0.0)\"\nend = \"\($0.1)\"\n" } ?? ""
-        let config = """
-            [clinic]
-            name = "Riverside Pain Clinic"
-            phone = "+1 555-010-2030"
-            time_zone = "America/New_York"
+        let config = TestClinic.config(
+            """
             \(quiet)
-            [paths]
-            state_directory = "state"
-
-            [protocols]
-            files = ["\(protocolFile)"]
-
-            [channels]
-            sms = "outbox"
-            email = "outbox"
-
-            [senders.outbox]
-            kind = "file"
-            outbox = "state/outbox"
-
             [retry]
             initial_delay = "30s"
             multiplier = 2.0
@@ -68,7 +47,7 @@ final class DaemonHarness: Sendable {
             max_per_host = 8
             shutdown_grace = "10s"
             \(dispatchExtra)
-            """
+            """)
         try config.write(toFile: root + "/aftercare.toml", atomically: true, encoding: .utf8)
         clock = ManualClock(start)
         var logger = Logger(label: "aftercare-test")

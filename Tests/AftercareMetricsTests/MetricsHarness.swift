@@ -3,6 +3,7 @@ import AftercareCore
 import AftercareDaemon
 import AftercareDelivery
 import AftercareMetrics
+import AftercareTestKit
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -20,42 +21,17 @@ final class MetricsHarness: Sendable {
     private let group: ServiceGroup
     private let task: Mutex<Task<Void, any Error>?> = Mutex(nil)
 
-    static var repositoryRoot: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-    }
-
     init(start: Date, metricsSection: String = "listen = \"127.0.0.1:0\"\nrefresh = \"1s\"") throws {
         root = NSTemporaryDirectory() + "aftercare-metrics-tests-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let protocolFile = Self.repositoryRoot
-            .appendingPathComponent("Config/protocols/trigger-point-injection.toml").path
-        let config = """
-            [clinic]
-            name = "Riverside Pain Clinic"
-            phone = "+1 555-010-2030"
-            time_zone = "America/New_York"
-
-            [paths]
-            state_directory = "state"
-
-            [protocols]
-            files = ["\(protocolFile)"]
-
-            [channels]
-            sms = "outbox"
-            email = "outbox"
-
-            [senders.outbox]
-            kind = "file"
-            outbox = "state/outbox"
-
+        let config = TestClinic.config(
+            """
             [dispatch]
             max_concurrent = 8
 
             [metrics]
             \(metricsSection)
-            """
+            """)
         let path = root + "/aftercare.toml"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
         let loaded = try AftercareConfiguration.load(path: path)

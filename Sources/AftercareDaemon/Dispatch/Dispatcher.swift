@@ -69,22 +69,13 @@ final class SendJob: Sendable {
 }
 
 /// Takes one claimed reminder to its resolution: expiry and quiet-hours checks at send time, route
-/// choice by the patient's preference and opt-outs, rendering, the send itself, and what comes next
-/// (delivered, a retry inside the window, expired or dead).
+/// choice by the patient's preference and opt-outs, rendering (``prepare(_:)``), and, from the
+/// send's result, what comes next (``conclude(_:result:endedAt:endedUptime:)``: delivered, a retry
+/// inside the window, the next route, expired or dead). No I/O: the pipeline sends.
 struct Dispatcher: Sendable {
     let runtime: Runtime
     let clock: any WallClock
     let logger: Logger
-
-    /// Takes one claimed reminder to its resolution, sending it if it is to be sent now.
-    func resolve(_ reminder: ClaimedReminder) async -> Resolution {
-        switch prepare(reminder) {
-        case .settled(let resolution): return resolution
-        case .send(let job):
-            let result = await job.sender.send(job.message)
-            return conclude(job, result: result, endedAt: clock.now(), endedUptime: clock.uptime())
-        }
-    }
 
     /// Everything short of the send itself: expiry and quiet hours at send time, the route, the
     /// rendered message. No I/O.
