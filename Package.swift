@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // Domain types, the planner, templates and the clock. Foundation only: no I/O.
@@ -30,7 +31,8 @@ let package = Package(
             dependencies: ["AftercareCore", .product(name: "TOMLKit", package: "TOMLKit")],
             swiftSettings: swiftSettings
         ),
-        // SQLite persistence: migrations, the reminder state machine, the delivery log.
+        // Persistence behind one protocol: the embedded SQLite store and the PostgreSQL one for clinic
+        // groups (migrations, the reminder state machine, the delivery log).
         .target(
             name: "AftercareStore",
             dependencies: [
@@ -38,6 +40,8 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),

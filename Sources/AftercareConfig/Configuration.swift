@@ -73,6 +73,8 @@ public struct AftercareConfiguration: Sendable {
     /// the line that names it.
     public var secretKeys: [String: [SecretKey]] = [:]
     public var appointments = AppointmentSettings()
+    /// Which engine keeps the queue (`[store]`): SQLite unless it says PostgreSQL.
+    public var store = StoreSettings.sqlite
 
     /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
     /// are errors naming the file and line.
@@ -192,6 +194,7 @@ public struct AftercareConfiguration: Sendable {
             try section.rejectUnknownKeys()
         }
         let metrics = try MetricsSettings.read(try root.subtable("metrics"))
+        let store = try StoreSettings.read(try root.subtable("store"), resolve: resolve)
         var appointments = AppointmentSettings()
         if let section = try root.subtable("appointments") {
             appointments.closeUnconfirmedAfter = Double(
@@ -211,6 +214,7 @@ public struct AftercareConfiguration: Sendable {
         configuration.secretKeys = secretKeys
         configuration.metrics = metrics
         configuration.appointments = appointments
+        configuration.store = store
         return configuration
     }
 

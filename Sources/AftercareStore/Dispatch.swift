@@ -174,124 +174,30 @@ extension ReminderStore {
                         """
                 ), in: db)
             for (reminder, resolution) in outcomes {
-                let base = LogEntry(
-                    at: now, event: .attempt, procedureID: reminder.procedure.id,
-                    patientID: reminder.procedure.patient.id, stepID: reminder.stepID
-                )
-                /// A state-change row for this reminder.
-                func stateRow(_ event: LogEvent, _ detail: String) -> LogEntry {
-                    var entry = base
-                    entry.event = event
-                    entry.detail = detail
-                    return entry
-                }
-                var state: ReminderState
-                var dueAt = reminder.dueAt
-                var attempts = reminder.attempt - 1
-                var lastError: String?
-                var failedRoutes = reminder.failedRoutes
-                var entries: [LogEntry] = []
-                switch resolution {
-                case .attempted(let attempt, let next):
-                    attempts = reminder.attempt
-                    for channel in attempt.optedOutChannels {
-                        var entry = base
-                        entry.event = .optedOut
-                        entry.channel = channel
-                        entry.detail = "patient opted out of \(channel); route passed over"
-                        entries.append(entry)
-                    }
-                    var entry = base
-                    entry.channel = attempt.channel
-                    entry.sender = attempt.sender
-                    entry.destination = attempt.destination
-                    entry.attempt = reminder.attempt
-                    entry.startedAt = attempt.startedAt
-                    entry.endedAt = attempt.endedAt
-                    entry.latencyMilliseconds = attempt.endedAt.timeIntervalSince(attempt.startedAt) * 1000
-                    entry.responseCode = attempt.result.responseCode
-                    if let message = attempt.message {
-                        entry.messageHash = try texts.keep(message, now: now)
-                        entry.protocolVersion = message.protocolVersion.hash
-                    }
-                    switch attempt.result.outcome {
-                    case .delivered(let detail):
-                        entry.outcome = "delivered"
-                        entry.detail = detail
-                    case .retry(_, let reason):
-                        entry.outcome = "retry"
-                        entry.error = reason
-                        lastError = reason
-                    case .failed(let reason):
-                        entry.outcome = "failed"
-                        entry.error = reason
-                        lastError = reason
-                    }
-                    entries.append(entry)
-                    switch next {
-                    case .delivered:
-                        state = .delivered
-                    case .retry(let at):
-                        state = .scheduled
-                        dueAt = at
-                        entries[entries.count - 1].detail = "next try at \(Timestamp.format(at, in: .gmt))"
-                    case .expired(let reason):
-                        (state, lastError) = (.expired, reason)
-                        entries.append(stateRow(.expired, reason))
-                    case .dead(let reason):
-                        (state, lastError) = (.dead, reason)
-                        var dead = stateRow(.dead, reason)
-                        dead.attempt = reminder.attempt
-                        entries.append(dead)
-                    case .nextRoute(let at, let reason):
-                        (state, dueAt) = (.scheduled, at)
-                        failedRoutes.insert("\(attempt.channel):\(attempt.destination)")
-                        entries[entries.count - 1].detail = reason
-                    }
-                case .expired(let reason):
-                    (state, lastError) = (.expired, reason)
-                    entries.append(stateRow(.expired, reason))
-                case .deferred(let until, let reason):
-                    (state, dueAt) = (.scheduled, until)
-                    entries.append(stateRow(.deferred, reason))
-                case .skipped(let reason):
-                    (state, lastError) = (.skipped, reason)
-                    entries.append(stateRow(.skipped, reason))
-                case .dead(let reason):
-                    (state, lastError) = (.dead, reason)
-                    entries.append(stateRow(.dead, reason))
-                case .released:
-                    state = .scheduled
-                }
-                update.bind(state.rawValue)
-                update.bind(dueAt.timeIntervalSince1970)
-                update.bind(attempts)
-                update.bind(lastError)
+                var change = ReminderChange(reminder, resolution, now: now)
+                if let message = change.message { try texts.keep(message, hash: change.messageHash, now: now) }
+                update.bind(change.state.rawValue)
+                update.bind(change.dueAt.timeIntervalSince1970)
+                update.bind(change.attempts)
+                update.bind(change.lastError)
                 update.bind(now.timeIntervalSince1970)
-                update.bind(failedRoutes.isEmpty ? nil : failedRoutes.sorted().joined(separator: "\n"))
+                update.bind(change.failedRoutesText)
                 update.bind(reminder.procedure.id)
                 update.bind(reminder.stepID)
                 update.bind(reminder.leaseToken)
                 try update.run()
                 if db.changesCount == 0 {
-                    let attemptIndex = entries.firstIndex { $0.event == .attempt }
-                    if state == .delivered, let attemptIndex,
-                        let note = try Self.deliveredAfterLosingLease(reminder, attempts: attempts, now: now, db: db)
+                    if change.state == .delivered, change.hasAttempt,
+                        let note = try Self.deliveredAfterLosingLease(
+                            reminder, attempts: change.attempts, now: now, db: db)
                     {
-                        entries[attemptIndex].detail = (entries[attemptIndex].detail.map { $0 + "; " } ?? "") + note
+                        change.noteOnAttempt(note)
                     } else {
                         fenced += 1
-                        // The attempt happened and is logged; the reminder's state belongs to whoever holds it now.
-                        for index in entries.indices where entries[index].event != .attempt {
-                            entries[index].detail = (entries[index].detail ?? "") + " (not applied: lease lost)"
-                        }
-                        if let attemptIndex {
-                            entries[attemptIndex].detail = (entries[attemptIndex].detail.map { $0 + "; " } ?? "")
-                                + "lease lost before recording"
-                        }
+                        change.fenceOff()
                     }
                 }
-                logRows.append(contentsOf: entries)
+                logRows.append(contentsOf: change.entries)
             }
             var log = try LogAppender(db)
             try log.append(contentsOf: logRows)
@@ -311,14 +217,8 @@ extension ReminderStore {
             db.cachedStatement(
                 sql: "SELECT state FROM reminder WHERE procedure_id = CAST(? AS TEXT) AND step_id = CAST(? AS TEXT)"),
             arguments: [Data(reminder.procedure.id.utf8), Data(reminder.stepID.utf8)])
-        let note: String
-        switch current.flatMap(ReminderState.init(rawValue:)) {
-        case .cancelled: note = "delivered after cancel request: the message was already under way"
-        case .scheduled: note = "delivered after its lease lapsed: marked delivered, not sent again"
-        case .claimed:
-            note = "delivered after its lease lapsed and it was claimed again: marked delivered; "
-                + "the newer try does not change that"
-        default: return nil
+        guard let note = ReminderChange.deliveredNote(current: current.flatMap(ReminderState.init(rawValue:))) else {
+            return nil
         }
         var update = FastInsert(
             try db.cachedStatement(
@@ -340,7 +240,7 @@ extension ReminderStore {
     /// claim is returned regardless of its lease: only for a daemon starting up under its lock, when
     /// no other dispatcher can hold one. Returns how many came back.
     @discardableResult
-    public func recoverClaims(now: Date, all: Bool = false) async throws -> Int {
+    public func recoverClaims(now: Date, all: Bool) async throws -> Int {
         try await transaction { db in
             var recover = FastInsert(
                 try db.cachedStatement(
@@ -413,5 +313,152 @@ extension ReminderStore {
             var log = try LogAppender(db)
             try log.append(entry)
         }
+    }
+}
+
+/// What recording one outcome changes: the reminder's new state and the log rows that say so. The
+/// same for every engine; only the writing differs.
+struct ReminderChange {
+    var state: ReminderState
+    var dueAt: Date
+    var attempts: Int
+    var lastError: String?
+    var failedRoutes: Set<String>
+    var entries: [LogEntry]
+    /// The words sent, to keep once by their hash.
+    var message: SentMessage?
+    var messageHash = ""
+
+    init(_ reminder: ClaimedReminder, _ resolution: Resolution, now: Date) {
+        var sent: SentMessage?
+        var messageHash = ""
+        let base = LogEntry(
+            at: now, event: .attempt, procedureID: reminder.procedure.id,
+            patientID: reminder.procedure.patient.id, stepID: reminder.stepID
+        )
+        /// A state-change row for this reminder.
+        func stateRow(_ event: LogEvent, _ detail: String) -> LogEntry {
+            var entry = base
+            entry.event = event
+            entry.detail = detail
+            return entry
+        }
+        var state: ReminderState
+        var dueAt = reminder.dueAt
+        var attempts = reminder.attempt - 1
+        var lastError: String?
+        var failedRoutes = reminder.failedRoutes
+        var entries: [LogEntry] = []
+        switch resolution {
+        case .attempted(let attempt, let next):
+            attempts = reminder.attempt
+            for channel in attempt.optedOutChannels {
+                var entry = base
+                entry.event = .optedOut
+                entry.channel = channel
+                entry.detail = "patient opted out of \(channel); route passed over"
+                entries.append(entry)
+            }
+            var entry = base
+            entry.channel = attempt.channel
+            entry.sender = attempt.sender
+            entry.destination = attempt.destination
+            entry.attempt = reminder.attempt
+            entry.startedAt = attempt.startedAt
+            entry.endedAt = attempt.endedAt
+            entry.latencyMilliseconds = attempt.endedAt.timeIntervalSince(attempt.startedAt) * 1000
+            entry.responseCode = attempt.result.responseCode
+            if let message = attempt.message {
+                sent = message
+                messageHash = message.hash
+                entry.messageHash = messageHash
+                entry.protocolVersion = message.protocolVersion.hash
+            }
+            switch attempt.result.outcome {
+            case .delivered(let detail):
+                entry.outcome = "delivered"
+                entry.detail = detail
+            case .retry(_, let reason):
+                entry.outcome = "retry"
+                entry.error = reason
+                lastError = reason
+            case .failed(let reason):
+                entry.outcome = "failed"
+                entry.error = reason
+                lastError = reason
+            }
+            entries.append(entry)
+            switch next {
+            case .delivered:
+                state = .delivered
+            case .retry(let at):
+                state = .scheduled
+                dueAt = at
+                entries[entries.count - 1].detail = "next try at \(Timestamp.format(at, in: .gmt))"
+            case .expired(let reason):
+                (state, lastError) = (.expired, reason)
+                entries.append(stateRow(.expired, reason))
+            case .dead(let reason):
+                (state, lastError) = (.dead, reason)
+                var dead = stateRow(.dead, reason)
+                dead.attempt = reminder.attempt
+                entries.append(dead)
+            case .nextRoute(let at, let reason):
+                (state, dueAt) = (.scheduled, at)
+                failedRoutes.insert("\(attempt.channel):\(attempt.destination)")
+                entries[entries.count - 1].detail = reason
+            }
+        case .expired(let reason):
+            (state, lastError) = (.expired, reason)
+            entries.append(stateRow(.expired, reason))
+        case .deferred(let until, let reason):
+            (state, dueAt) = (.scheduled, until)
+            entries.append(stateRow(.deferred, reason))
+        case .skipped(let reason):
+            (state, lastError) = (.skipped, reason)
+            entries.append(stateRow(.skipped, reason))
+        case .dead(let reason):
+            (state, lastError) = (.dead, reason)
+            entries.append(stateRow(.dead, reason))
+        case .released:
+            state = .scheduled
+        }
+        (self.state, self.dueAt, self.attempts, self.lastError, self.failedRoutes, self.entries) = (
+            state, dueAt, attempts, lastError, failedRoutes, entries
+        )
+        (self.message, self.messageHash) = (sent, messageHash)
+    }
+
+    /// The failed-routes column: sorted keys, one a line, or nil.
+    var failedRoutesText: String? { failedRoutes.isEmpty ? nil : failedRoutes.sorted().joined(separator: "\n") }
+
+    var hasAttempt: Bool { entries.contains { $0.event == .attempt } }
+
+    /// What a delivery whose lease was lost says, given the reminder's state now; nil when that state
+    /// (delivered, expired, dead, skipped) stands.
+    static func deliveredNote(current: ReminderState?) -> String? {
+        switch current {
+        case .cancelled: "delivered after cancel request: the message was already under way"
+        case .scheduled: "delivered after its lease lapsed: marked delivered, not sent again"
+        case .claimed:
+            "delivered after its lease lapsed and it was claimed again: marked delivered; "
+                + "the newer try does not change that"
+        default: nil
+        }
+    }
+
+    /// Appends `note` to the attempt row's detail.
+    mutating func noteOnAttempt(_ note: String) {
+        guard let index = entries.firstIndex(where: { $0.event == .attempt }) else { return }
+        entries[index].detail = (entries[index].detail.map { $0 + "; " } ?? "") + note
+    }
+
+    /// The lease was lost: the attempt happened and is logged; the reminder's state belongs to
+    /// whoever holds it now.
+    mutating func fenceOff() {
+        for index in entries.indices where entries[index].event != .attempt {
+            entries[index].detail = (entries[index].detail ?? "") + " (not applied: lease lost)"
+        }
+        noteOnAttempt("lease lost before recording")
     }
 }

@@ -79,12 +79,6 @@ public struct ChainReport: Sendable, Hashable {
 }
 
 extension ReminderStore {
-    /// Recomputes the chain from its first row to the head. A pruned log starts where its newest
-    /// checkpoint row says, after the hash it names; rows before that must be gone.
-    public func verifyLog() async throws -> ChainVerdict {
-        try await verifyLog(anchor: nil).verdict
-    }
-
     /// Walks the chain and, with an `anchor`, holds it to a head kept elsewhere: the anchored row
     /// must still be in the chain with that hash, and no checkpoint may come after it. A prune
     /// after the anchor was kept (legitimate or forged by someone with the file) removes history

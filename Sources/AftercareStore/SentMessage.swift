@@ -173,16 +173,14 @@ struct ProtocolKeeper {
         try row.run()
     }
 
-    /// Stores the text and returns its hash, for the attempt row.
-    mutating func keep(_ message: SentMessage, now: Date) throws -> String {
+    /// Stores the text under its `hash` (``SentMessage/hash``), with its protocol version.
+    mutating func keep(_ message: SentMessage, hash: String, now: Date) throws {
         try keep(message.protocolVersion, now: now)
-        let hash = message.hash
-        guard seenMessages.insert(hash).inserted else { return hash }
+        guard seenMessages.insert(hash).inserted else { return }
         var row = FastInsert(messageStatement, in: database)
         row.bind(hash)
         row.bind(message.subject)
         row.bind(message.body)
         try row.run()
-        return hash
     }
 }

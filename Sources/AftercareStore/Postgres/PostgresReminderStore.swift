@@ -1,0 +1,183 @@
+import AftercareCore
+import Foundation
+import Logging
+import NIOSSL
+import PostgresNIO
+
+/// The reminder queue in one PostgreSQL database, shared by every aftercare daemon of a clinic group.
+///
+/// Claims take rows with `FOR UPDATE SKIP LOCKED` under fenced leases (a token from one sequence,
+/// the daemon's node name beside it), so any number of daemons share the queue without waiting on
+/// each other; a dead daemon's lapsed leases are taken over by the others. The delivery log stays
+/// one hash chain: every transaction that appends to it takes the one `log_head` row's lock last,
+/// just before it commits, so rows from concurrent writers are chained in commit order.
+public final class PostgresReminderStore: Sendable {
+    let client: PostgresClient
+    private let runner: Task<Void, Never>
+    let settings: PostgresSettings
+    let logger: Logger
+    public let location: String
+    public var isShared: Bool { true }
+
+    /// The channel on which daemons tell each other that work may be due sooner.
+    static let queueChannel = "aftercare_queue"
+
+    /// Connects (creating and migrating the schema unless `readOnly`). Fails with one line if the
+    /// server cannot be reached, refuses the password or the certificate, or holds no aftercare schema
+    /// (read-only) or a newer one.
+    public init(settings: PostgresSettings, password: String?, readOnly: Bool = false, logger: Logger? = nil) async throws {
+        self.settings = settings
+        self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        location = settings.url
+        let tls: PostgresClient.Configuration.TLS
+        switch settings.tls {
+        case .disable:
+            tls = .disable
+        case .verifyFull:
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.certificateVerification = .fullVerification
+            if let caFile = settings.caFile { configuration.trustRoots = .file(caFile) }
+            tls = .require(configuration)
+        }
+        var configuration = PostgresClient.Configuration(
+            host: settings.host, port: settings.port, username: settings.user, password: password,
+            database: settings.database, tls: tls)
+        // The certificate must name the host, an IP literal included (checked without SNI then).
+        configuration.options.tlsServerName = settings.host
+        configuration.options.maximumConnections = settings.connections
+        configuration.options.connectTimeout = .seconds(10)
+        client = PostgresClient(configuration: configuration, backgroundLogger: self.logger)
+        runner = Task { [client] in await client.run() }
+        do {
+            if readOnly {
+                try await checkSchema()
+            } else {
+                try await PostgresSchema.migrate(self)
+            }
+        } catch {
+            runner.cancel()
+            throw StoreError("cannot open database \(settings.url): \(Self.describe(error))")
+        }
+    }
+
+    deinit { runner.cancel() }
+
+    public func close() async {
+        runner.cancel()
+        await runner.value
+    }
+
+    /// One line for any PostgreSQL error, without the query's values.
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? StoreError { return error.message }
+        if let error = error as? PostgresTransactionError {
+            return (error.closureError ?? error.beginError ?? error.commitError ?? error.rollbackError)
+                .map(describe) ?? "transaction failed"
+        }
+        if let error = error as? PSQLError {
+            if let message = error.serverInfo?[.message] {
+                return message + (error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? "")
+            }
+            if let underlying = error.underlying { return "\(error.code): \(underlying)" }
+            return "\(error.code)"
+        }
+        return "\(error)"
+    }
+
+    private func checkSchema() async throws {
+        let version = try await read { connection in
+            try await connection.value(
+                Int.self, "SELECT version FROM aftercare_schema WHERE to_regclass('aftercare_schema') IS NOT NULL")
+        }
+        guard let version else {
+            throw StoreError("the database has not been set up by the daemon yet")
+        }
+        guard version >= PostgresSchema.version else {
+            throw StoreError(
+                "the database is from an older aftercare (schema \(version), this one needs \(PostgresSchema.version)): "
+                    + "restart a daemon to upgrade it")
+        }
+    }
+
+    /// Runs `body` in one transaction on a pooled connection. Errors are reported as one line.
+    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in
+                try await connection.query("BEGIN", logger: logger)
+                do {
+                    let result = try await body(connection)
+                    try await connection.query("COMMIT", logger: logger)
+                    return result
+                } catch {
+                    _ = try? await connection.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            }
+        } catch let error as IntakeError {
+            throw error
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(Self.describe(error))
+        }
+    }
+
+    /// Runs a read on a pooled connection, in one snapshot (a repeatable-read, read-only transaction).
+    func read<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in
+                try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
+                do {
+                    let result = try await body(connection)
+                    try await connection.query("COMMIT", logger: logger)
+                    return result
+                } catch {
+                    _ = try? await connection.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(Self.describe(error))
+        }
+    }
+}
+
+/// Small helpers over postgres-nio's rows.
+extension PostgresConnection {
+    static let quiet = Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// Runs a statement and returns how many rows it returned (a `RETURNING` clause counts the rows
+    /// it changed).
+    @discardableResult
+    func run(_ query: PostgresQuery) async throws -> Int {
+        let rows = try await self.query(query, logger: Self.quiet)
+        var count = 0
+        for try await _ in rows { count += 1 }
+        return count
+    }
+
+    /// The first column of the first row, if any row (and it is not null).
+    func value<T: PostgresDecodable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T?
+    where T._DecodableType == T {
+        for try await row in try await self.query(query, logger: Self.quiet) {
+            return try row.makeRandomAccess()[0].decode(T?.self)
+        }
+        return nil
+    }
+
+    /// Every row, decoded by `body`.
+    func rows<T>(_ query: PostgresQuery, _ body: (PostgresRow) throws -> T) async throws -> [T] {
+        var result: [T] = []
+        for try await row in try await self.query(query, logger: Self.quiet) { result.append(try body(row)) }
+        return result
+    }
+}
+
+/// Doubles as PostgreSQL stores them: seconds since 1970, as SQLite's `REAL` columns hold them, so a
+/// migrated row hashes exactly as it did.
+extension Date {
+    var seconds: Double { timeIntervalSince1970 }
+    init(seconds: Double) { self.init(timeIntervalSince1970: seconds) }
+}
