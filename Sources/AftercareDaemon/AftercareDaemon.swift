@@ -88,7 +88,10 @@ public final class AftercareDaemon: Service, Sendable {
         runtime.withLock { $0 = current }
         let lock = try StateLock(directory: config.paths.stateDirectory)
         defer { lock.release() }
-        let store = try ReminderStore(path: config.paths.database)
+        let store = try await StoreOpener.open(config.store, sqlitePath: config.paths.database, logger: logger)
+        // On a shared PostgreSQL queue, other daemons' new work wakes this one's pipeline.
+        let queueWatch = Task { [dispatchEvents] in await store.watchQueue { dispatchEvents.post(.signal(.queue)) } }
+        defer { queueWatch.cancel() }
         let spool = Spool(root: config.paths.spool)
         do {
             try spool.prepare()
@@ -104,7 +107,7 @@ public final class AftercareDaemon: Service, Sendable {
         logger.notice(
             "aftercare ready",
             metadata: [
-                "database": "\(config.paths.database)", "spool": "\(config.paths.spool)",
+                "database": "\(store.location)", "spool": "\(config.paths.spool)",
                 "senders": "\(config.senders.keys.sorted().joined(separator: ","))",
             ]
         )
@@ -140,6 +143,8 @@ public final class AftercareDaemon: Service, Sendable {
             requestShutdown()
         }
         for sender in runtime.withLock({ $0?.senders.values.map { $0 } ?? [] }) { await sender.shutdown() }
+        queueWatch.cancel()
+        await store.close()
         logger.notice("aftercare stopped")
     }
 
@@ -149,7 +154,7 @@ public final class AftercareDaemon: Service, Sendable {
     /// slow receiver never holds back intake. On every wake-up, and at least every
     /// ``Intake/folderCheckSeconds``, it makes sure the spool folders are there and watched: a
     /// removed or replaced `incoming/` is recreated, watched again and read, without a restart.
-    private func intakeLoop(store: ReminderStore, spool: Spool, watcher: SpoolWatcher, retryPending first: Bool) async {
+    private func intakeLoop(store: any ReminderQueue, spool: Spool, watcher: SpoolWatcher, retryPending first: Bool) async {
         var retryPending = first
         var lastProblem: String?
         let sweep = AppointmentSweep(store: store, clock: clock, logger: logger)
@@ -194,7 +199,7 @@ public final class AftercareDaemon: Service, Sendable {
     /// clock as outcomes are recorded), so the journal is a witness the database cannot rewrite:
     /// `aftercare audit verify --expect-head` holds the log to any head it printed. Also keeps the
     /// loaded protocol versions in the store.
-    fileprivate func witnessStore(_ store: ReminderStore, force: Bool = false) async {
+    fileprivate func witnessStore(_ store: any ReminderQueue, force: Bool = false) async {
         let now = clock.now()
         let due = lastWitness.withLock { last -> Bool in
             guard force || last.map({ now.timeIntervalSince($0) >= 3600 }) ?? true else { return false }
@@ -218,7 +223,7 @@ public final class AftercareDaemon: Service, Sendable {
 
     /// Ingests what waits in the spool. Returns when to look again without an inotify event (a file
     /// that looked half-written, or a database error), if ever.
-    private func ingestSpool(spool: Spool, store: ReminderStore) async -> Date? {
+    private func ingestSpool(spool: Spool, store: any ReminderQueue) async -> Date? {
         guard let current = runtime.withLock({ $0 }) else { return nil }
         let intake = Intake(spool: spool, store: store, config: current.config, clock: clock, logger: logger)
         let pass = await intake.run()
@@ -227,7 +232,7 @@ public final class AftercareDaemon: Service, Sendable {
         return pass.retryAt
     }
 
-    fileprivate func reload(store: ReminderStore) async {
+    fileprivate func reload(store: any ReminderQueue) async {
         notifier.reloading(status: "reloading configuration")
         logger.notice("reloading configuration from \(configPath)")
         do {
@@ -273,7 +278,7 @@ public final class AftercareDaemon: Service, Sendable {
         return Runtime(config: config, senders: senders)
     }
 
-    fileprivate func statusLine(_ store: ReminderStore) async throws -> String {
+    fileprivate func statusLine(_ store: any ReminderQueue) async throws -> String {
         let problems = trouble.withLock { $0.summary }
         guard let status = try? await store.status(now: clock.now()) else {
             return problems ?? "cannot read the queue's figures"
@@ -291,7 +296,7 @@ public final class AftercareDaemon: Service, Sendable {
 /// The daemon as the dispatch pipeline sees it.
 private struct Host: PipelineHost {
     let daemon: AftercareDaemon
-    let store: ReminderStore
+    let store: any ReminderQueue
 
     var runtime: Runtime? { daemon.runtime.withLock { $0 } }
     var intakeStoreFailing: Bool { daemon.trouble.withLock { $0.intakeStore != nil } }
@@ -337,10 +342,11 @@ public struct DaemonError: Error, Sendable, CustomStringConvertible {
 
 /// One daemon per state folder: an exclusive `flock` on `aftercare.lock`, released at exit (or by
 /// the kernel when the process dies, so kill -9 never leaves a stale lock).
-final class StateLock: Sendable {
+/// The state directory's lock: one daemon (or one store migration) at a time per directory.
+public final class StateLock: Sendable {
     private let fd: Int32
 
-    init(directory: String) throws {
+    public init(directory: String) throws {
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let path = directory + "/aftercare.lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o640)
@@ -352,7 +358,7 @@ final class StateLock: Sendable {
         self.fd = fd
     }
 
-    func release() {
+    public func release() {
         flock(fd, LOCK_UN)
         close(fd)
     }

@@ -10,6 +10,8 @@ enum WakeReason: Sendable, Hashable {
     case reload
     /// Graceful shutdown began.
     case shutdown
+    /// Another daemon sharing the queue added or re-queued work.
+    case queue
 }
 
 /// Lets the intake loop sleep until its next deadline (an appointment to close, the next folder

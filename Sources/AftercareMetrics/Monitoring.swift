@@ -20,7 +20,10 @@ public struct Monitoring: Sendable {
         services.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }
     }
 
-    public init(settings: MetricsSettings, paths: StoragePaths, clock: any WallClock, logger: Logger) {
+    public init(
+        settings: MetricsSettings, paths: StoragePaths, store: StoreSettings = .sqlite, clock: any WallClock,
+        logger: Logger
+    ) {
         registry = PrometheusCollectorRegistry()
         metrics = DaemonMetrics(factory: Self.factory(registry), stallAfter: .seconds(settings.stallAfterSeconds))
         services = [
@@ -28,7 +31,8 @@ public struct Monitoring: Sendable {
                 settings: settings, stateDirectory: paths.stateDirectory, registry: registry, metrics: metrics,
                 logger: logger),
             QueueGauges(
-                paths: paths, metrics: metrics, clock: clock, every: .seconds(settings.refreshSeconds), logger: logger),
+                paths: paths, store: store, metrics: metrics, clock: clock, every: .seconds(settings.refreshSeconds),
+                logger: logger),
         ]
     }
 

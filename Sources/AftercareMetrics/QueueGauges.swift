@@ -29,6 +29,7 @@ public struct QueueGauges: Service {
     }
 
     private let paths: StoragePaths
+    private let storeSettings: StoreSettings
     private let metrics: DaemonMetrics
     private let clock: any WallClock
     private let every: Duration
@@ -38,15 +39,17 @@ public struct QueueGauges: Service {
 
     /// - Parameters:
     ///   - paths: where the database and the spool are.
+    ///   - store: which engine keeps the queue.
     ///   - metrics: the daemon's metrics; the gauges go to its factory and the readings feed its health.
     ///   - clock: the daemon's clock, to tell what is due.
     ///   - every: how often to read the queue.
     ///   - chainEvery: how often to verify the delivery log (O(rows): not often).
     public init(
-        paths: StoragePaths, metrics: DaemonMetrics, clock: any WallClock, every: Duration,
-        chainEvery: Duration = .seconds(3600), logger: Logger
+        paths: StoragePaths, store: StoreSettings = .sqlite, metrics: DaemonMetrics, clock: any WallClock,
+        every: Duration, chainEvery: Duration = .seconds(3600), logger: Logger
     ) {
         self.paths = paths
+        storeSettings = store
         self.metrics = metrics
         self.clock = clock
         self.every = every
@@ -61,11 +64,14 @@ public struct QueueGauges: Service {
     }
 
     private func readPeriodically() async throws {
-        var store: ReminderStore?
+        var store: (any ReminderQueue)?
+        defer { if let store { Task { await store.close() } } }
         var nextChainCheck = ContinuousClock.now
         while !Task.isCancelled {
             // The daemon creates the database; until it has, there is nothing to read.
-            if store == nil { store = try? ReminderStore(path: paths.database, readOnly: true) }
+            if store == nil {
+                store = try? await StoreOpener.open(storeSettings, sqlitePath: paths.database, readOnly: true)
+            }
             await refresh(store)
             if let store, ContinuousClock.now >= nextChainCheck {
                 nextChainCheck = .now + chainEvery
@@ -76,12 +82,12 @@ public struct QueueGauges: Service {
     }
 
     /// Reads the queue once and sets the gauges.
-    func refresh(_ store: ReminderStore?) async {
+    func refresh(_ store: (any ReminderQueue)?) async {
         let now = clock.now()
         let takenAt = ContinuousClock.now
         var snapshot = QueueSnapshot(takenAt: takenAt, wallNow: now, dueNow: 0)
         do {
-            guard let store else { throw StoreError("\(paths.database) cannot be opened") }
+            guard let store else { throw StoreError("the store cannot be opened") }
             let status = try await store.status(now: now)
             for state in ReminderState.allCases { gauges.reminders[state]?.record(status.count(state)) }
             gauges.procedures.record(status.procedures)
@@ -105,7 +111,7 @@ public struct QueueGauges: Service {
     }
 
     /// Verifies the delivery log's hash chain and sets the gauge: 1 intact, 0 broken.
-    func checkChain(_ store: ReminderStore) async {
+    func checkChain(_ store: any ReminderQueue) async {
         do {
             let verdict = try await store.verifyLog()
             if case .broken(let seq, let reason) = verdict {

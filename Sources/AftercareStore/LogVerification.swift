@@ -9,6 +9,11 @@ public enum ChainVerdict: Sendable, Hashable {
     case intact(rows: Int, head: String)
     /// The first row that does not match, and why.
     case broken(seq: Int64, reason: String)
+
+    public var isIntact: Bool {
+        if case .intact = self { return true }
+        return false
+    }
 }
 
 /// A head kept outside the database (`aftercare audit head`, the daemon's journal lines, the

@@ -131,8 +131,13 @@ struct PatientOptions: ParsableArguments {
 }
 
 /// Runs a check whose error is the one line to show, as a CLI error.
-func cliCheck(_ check: () throws -> Void) throws {
-    do { try check() } catch let error as CLIError { throw error } catch { throw CLIError("\(error)") }
+func cliCheck<T>(_ check: () throws -> T) throws -> T {
+    do { return try check() } catch let error as CLIError { throw error } catch { throw CLIError("\(error)") }
+}
+
+/// ``cliCheck(_:)`` for work that awaits.
+func cliCheck<T>(_ check: () async throws -> T) async throws -> T {
+    do { return try await check() } catch let error as CLIError { throw error } catch { throw CLIError("\(error)") }
 }
 
 /// How long a request command waits to hear what the daemon made of its request.

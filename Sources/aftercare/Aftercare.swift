@@ -22,7 +22,7 @@ struct Aftercare: AsyncParsableCommand {
             DaemonCommand.self, AddCommand.self, ListCommand.self, ShowCommand.self, CancelCommand.self,
             RescheduleCommand.self, ReplayCommand.self, StatusCommand.self, ConfigCommand.self,
             ProtocolCommand.self, AuditCommand.self, BookCommand.self, MoveCommand.self, PerformedCommand.self,
-            UpdateCommand.self, OptOutCommand.self,
+            UpdateCommand.self, OptOutCommand.self, StoreCommand.self,
         ]
     )
 }

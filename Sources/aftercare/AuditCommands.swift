@@ -90,7 +90,7 @@ struct AuditCommand: AsyncParsableCommand {
             } catch {
                 throw CLIError("--expect-head: \(error)")
             }
-            let store = try openStore(config)
+            let store = try await openStore(config)
             let report = try await store.verifyLog(anchor: anchor)
             switch report.verdict {
             case .broken(let seq, let reason):
@@ -223,9 +223,9 @@ struct AuditCommand: AsyncParsableCommand {
             let config = try options.load()
             let zone = TimeZone(identifier: config.policy.clinicTimeZone) ?? .gmt
             let cutoff = try AuditTime.parse(before, zone: zone, option: "--before")
-            let store: ReminderStore
+            let store: any ReminderQueue
             do {
-                store = try ReminderStore(path: config.paths.database)
+                store = try await StoreOpener.open(config.store, sqlitePath: config.paths.database)
             } catch {
                 throw CLIError("\(error)")
             }

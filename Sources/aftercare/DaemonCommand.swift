@@ -30,7 +30,10 @@ struct DaemonCommand: AsyncParsableCommand {
         let limits = config?.dispatch ?? DispatchSettings()
         let engine = CurlEngine(maxConnections: limits.maxConcurrent, maxPerHost: limits.maxPerHost)
         let monitoring = config.flatMap { config in
-            config.metrics.map { Monitoring(settings: $0, paths: config.paths, clock: SystemClock(), logger: logger) }
+            config.metrics.map {
+                Monitoring(
+                    settings: $0, paths: config.paths, store: config.store, clock: SystemClock(), logger: logger)
+            }
         }
         if let monitoring { MetricsSystem.bootstrap(Monitoring.factory(monitoring.registry)) }
         let daemon = AftercareDaemon(

@@ -23,7 +23,7 @@ struct ListCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try options.load()
         guard limit > 0 else { throw CLIError("--limit must be positive") }
-        let store = try openStore(config)
+        let store = try await openStore(config)
         let found = try await store.procedures(patientID: patientID, pendingOnly: pending, limit: limit)
         guard !found.isEmpty else {
             print("No procedures.")
@@ -58,7 +58,7 @@ struct ShowCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
-        let store = try openStore(config)
+        let store = try await openStore(config)
         guard let (view, reminders) = try await store.procedure(procedureID) else {
             throw CLIError("no procedure \(InputRules.printable(procedureID))")
         }
@@ -117,7 +117,7 @@ struct StatusCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try options.load()
         let spool = Spool(root: config.paths.spool)
-        let store = try openStore(config)
+        let store = try await openStore(config)
         let now = Date()
         let status = try await store.status(now: now)
         let zone = TimeZone(identifier: config.policy.clinicTimeZone) ?? .gmt

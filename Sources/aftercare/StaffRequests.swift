@@ -5,9 +5,16 @@ import AftercareStore
 import ArgumentParser
 import Foundation
 
-/// Opens the database read-only, or explains why not: a permission problem says what to do about
+/// Opens the store read-only, or explains why not: a permission problem says what to do about
 /// it, apart from a database that does not exist yet.
-func openStore(_ config: AftercareConfiguration) throws -> ReminderStore {
+func openStore(_ config: AftercareConfiguration) async throws -> any ReminderQueue {
+    if case .postgres = config.store {
+        do {
+            return try await StoreOpener.open(config.store, sqlitePath: config.paths.database, readOnly: true)
+        } catch {
+            throw CLIError("\(error)")
+        }
+    }
     let path = config.paths.database
     if let denied = StaffAccess.readDenied(path) { throw CLIError(denied) }
     do {
@@ -88,7 +95,7 @@ func checkKnown(_ procedureID: String, config: AftercareConfiguration) async thr
         throw CLIError("\(error)")
     }
     guard StaffAccess.readDenied(config.paths.database) == nil else { return nil }
-    guard let store = try? ReminderStore(path: config.paths.database, readOnly: true) else { return nil }
+    guard let store = try? await openStore(config) else { return nil }
     guard let found = try await store.procedure(procedureID) else {
         throw CLIError("no procedure \(procedureID)")
     }
@@ -217,7 +224,7 @@ struct ReplayCommand: AsyncParsableCommand {
         // Said here, before anything is queued: a replay that would change nothing is a mistake to
         // report, not a request for the daemon to refuse (which would leave a file in rejected/).
         if StaffAccess.readDenied(config.paths.database) == nil,
-            let store = try? ReminderStore(path: config.paths.database, readOnly: true),
+            let store = try? await openStore(config),
             try await store.replayable(scope, now: Date()) == 0
         {
             throw CLIError("nothing to replay: \(Self.nothing(scope))")

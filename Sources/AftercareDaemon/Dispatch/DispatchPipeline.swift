@@ -51,7 +51,7 @@ extension PipelineMessage {
 struct DispatchPipeline: Sendable {
     typealias State = PipelineState<(ClaimedReminder, Resolution)>
 
-    let store: ReminderStore
+    let store: any ReminderQueue
     let clock: any WallClock
     let logger: Logger
     let notifier: any ServiceManagerNotifier

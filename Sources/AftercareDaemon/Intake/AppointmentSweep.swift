@@ -8,7 +8,7 @@ import Logging
 /// no-show never gets aftercare. Run from the intake loop on every wake-up; it says when it next has
 /// work, for the loop to wake then on the injected clock.
 struct AppointmentSweep: Sendable {
-    let store: ReminderStore
+    let store: any ReminderQueue
     let clock: any WallClock
     let logger: Logger
 

@@ -9,7 +9,7 @@ import Synchronization
 /// possible, then remove what is durable and refuse what is bad.
 public struct Intake: Sendable {
     let spool: Spool
-    let store: ReminderStore
+    let store: any ReminderQueue
     let config: AftercareConfiguration
     let clock: any WallClock
     let logger: Logger
@@ -18,7 +18,7 @@ public struct Intake: Sendable {
     var onFileWork: (@Sendable (Bool) -> Void)?
 
     public init(
-        spool: Spool, store: ReminderStore, config: AftercareConfiguration, clock: any WallClock, logger: Logger
+        spool: Spool, store: any ReminderQueue, config: AftercareConfiguration, clock: any WallClock, logger: Logger
     ) {
         self.spool = spool
         self.store = store

@@ -1,0 +1,57 @@
+import AftercareCore
+import Foundation
+import Logging
+
+/// Opens the queue the configuration names: the SQLite file, or the shared PostgreSQL database.
+public enum StoreOpener {
+    /// Opens the store. `readOnly` is for staff commands: nothing is created or migrated.
+    public static func open(
+        _ settings: StoreSettings, sqlitePath: String, readOnly: Bool = false, logger: Logger? = nil
+    ) async throws -> any ReminderQueue {
+        switch settings {
+        case .sqlite:
+            return try ReminderStore(path: sqlitePath, readOnly: readOnly)
+        case .postgres(let postgres):
+            return try await PostgresReminderStore(
+                settings: postgres, password: try password(for: postgres), readOnly: readOnly, logger: logger)
+        }
+    }
+
+    /// The password from `password_file`, or from the systemd credential named by
+    /// `password_credential` (`$CREDENTIALS_DIRECTORY/<name>`); nil when neither is set (the server
+    /// then must not ask for one). Only the first line counts, without its line break.
+    public static func password(
+        for settings: PostgresSettings, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> String? {
+        let file: String
+        if let path = settings.passwordFile {
+            file = path
+        } else if let credential = settings.passwordCredential {
+            guard let folder = environment["CREDENTIALS_DIRECTORY"], !folder.isEmpty else {
+                throw StoreError(
+                    "password_credential = \"\(credential)\" needs the unit's LoadCredential=\(credential):<file> "
+                        + "(CREDENTIALS_DIRECTORY is not set)")
+            }
+            file = folder + "/" + credential
+        } else {
+            return nil
+        }
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: file))
+        } catch {
+            throw StoreError("cannot read the database password from \(file): \(describeReadError(file))")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let password = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first
+            .map { String($0).trimmingCharacters(in: CharacterSet(charactersIn: "\r")) } ?? ""
+        guard !password.isEmpty else { throw StoreError("the database password file \(file) is empty") }
+        return password
+    }
+
+    private static func describeReadError(_ path: String) -> String {
+        if access(path, F_OK) != 0 { return "no such file" }
+        if access(path, R_OK) != 0 { return "permission denied" }
+        return "unreadable"
+    }
+}
