@@ -74,7 +74,7 @@ extension PostgresReminderStore {
                 binds.append(change.state.rawValue)
                 binds.append(change.dueAt.seconds)
                 binds.append(Int32(clamping: change.attempts))
-                binds.append(change.lastError)
+                binds.append(change.lastError.map(PostgresLog.storable))
                 binds.append(change.failedRoutesText)
             }
             let applied = Set(
