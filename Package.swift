@@ -181,7 +181,7 @@ let package = Package(
         ),
         .testTarget(
             name: "AftercareCLITests",
-            dependencies: ["AftercareCore"],
+            dependencies: ["AftercareCore", "AftercareTestKit"],
             swiftSettings: swiftSettings
         ),
     ]
