@@ -42,8 +42,8 @@ public final class PostgresReminderStore: Sendable {
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: password,
             database: settings.database, tls: tls)
-        // The certificate must name the host, an IP literal included (checked without SNI then).
-        configuration.options.tlsServerName = settings.host
+        // postgres-nio sends a host name as SNI and NIOSSL checks the certificate names it; for an IP
+        // literal (never sent as SNI) NIOSSL checks the certificate names the peer's address instead.
         configuration.options.maximumConnections = settings.connections
         configuration.options.connectTimeout = .seconds(10)
         client = PostgresClient(configuration: configuration, backgroundLogger: self.logger)
