@@ -4,7 +4,11 @@ import PostgresNIO
 
 extension PostgresReminderStore {
     /// Applies intake files as ``ReminderStore/ingest(_:now:plan:)`` does, with the same outcomes,
-    /// state changes and log rows: one transaction, each file all-or-nothing inside a savepoint.
+    /// state changes and log rows: one transaction, each file all-or-nothing.
+    ///
+    /// Files of new procedures and bookings only (nearly all of them) are decided in memory and
+    /// their rows written together, a few statements for thousands of files; any other file first
+    /// writes what is pending, then runs on its own inside a savepoint.
     ///
     /// Several hosts may ingest into the same database at once, each from its own spool. A procedure
     /// or booking is inserted with `ON CONFLICT (id) DO NOTHING`: when another host got there first
@@ -16,13 +20,12 @@ extension PostgresReminderStore {
         try await transaction { connection in
             var intake = PostgresIntake(connection: connection, now: now, plan: plan)
             try await intake.lookUpKnown(files)
-            var outcomes: [IntakeFileOutcome] = []
-            outcomes.reserveCapacity(files.count)
-            for file in files { outcomes.append(try await intake.apply(file)) }
+            for file in files { try await intake.take(file) }
+            try await intake.flush()
             if intake.madeDue { try await PostgresLog.notifyQueue(on: connection) }
             // Last: it takes the chain head's lock, held until the commit.
             try await PostgresLog.append(intake.log, on: connection)
-            return outcomes
+            return intake.outcomes
         }
     }
 }
@@ -35,6 +38,10 @@ struct PostgresIntake {
     let plan: PlanFunction
     /// The log rows of the files applied so far, in order; appended once, at the end.
     private(set) var log: [LogEntry] = []
+    /// One per file taken so far, in order.
+    private(set) var outcomes: [IntakeFileOutcome] = []
+    /// Rows decided but not yet written, and the files they came from (see ``flush()``).
+    private var pending = PendingRows()
     /// Whether an applied file made something due (new, replayed or re-planned reminders).
     private(set) var madeDue = false
     private var known = KnownProcedures()
@@ -74,6 +81,180 @@ struct PostgresIntake {
         var found: [String: Existing] = [:]
         for (id, hash, status) in rows { found[id] = Existing(hash: hash, status: status) }
         known.load(ids: ids, found: found)
+    }
+
+    /// Takes the next file: decided in memory if it only adds procedures and bookings, else applied
+    /// on its own once everything before it is written.
+    mutating func take(_ file: IntakeBatchFile) async throws {
+        if file.requests.allSatisfy(\.isNewProcedure) {
+            outcomes.append(try await decide(file))
+        } else {
+            try await flush()
+            outcomes.append(try await apply(file))
+        }
+    }
+
+    /// Decides a file of new procedures and bookings without writing: its rows join `pending`. A
+    /// refused file leaves nothing pending and only its `rejected` row.
+    private mutating func decide(_ file: IntakeBatchFile) async throws -> IntakeFileOutcome {
+        if pending.files.isEmpty {
+            pending.start = (log: log.count, outcomes: outcomes.count, madeDue: madeDue)
+        }
+        let logStart = log.count
+        let rowsStart = (pending.procedures.count, pending.reminders.count)
+        fileMadeDue = false
+        do {
+            if Self.holdsNUL(file.name) || Self.holdsNUL(file.actor) {
+                throw IntakeError(problem: "the file's name or owner holds a NUL character, which PostgreSQL cannot store")
+            }
+            var counts = IntakeCounts()
+            for (request, prepared) in zip(file.requests, file.prepared) {
+                if request.holdsNUL {
+                    throw IntakeError(
+                        procedureID: request.procedureID,
+                        problem: "the request holds a NUL character, which PostgreSQL cannot store")
+                }
+                switch request {
+                case .procedure(let procedure, let force):
+                    let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
+                    if let existing = try await existing(procedure.id) {
+                        try Self.checkKnownProcedure(existing, id: procedure.id, hash: hash)
+                        counts.duplicates += 1
+                        continue
+                    }
+                    let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+                    if let problem = PerformedTime.problem(
+                        performedAt: procedure.performedAt, now: now, plan: planned, force: force)
+                    {
+                        throw IntakeError(procedureID: procedure.id, problem: problem)
+                    }
+                    try Self.checkStorable(planned, procedureID: procedure.id)
+                    pending.add(
+                        procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "active", plannedAt: nil,
+                        reminders: planned)
+                    if planned.contains(where: { $0.state == .scheduled }) { fileMadeDue = true }
+                    known.set(procedure.id, Existing(hash: hash, status: "active"))
+                    logIngested(procedure, planned, force: force, file: file, counts: &counts)
+                case .book(let procedure):
+                    let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
+                    if let existing = try await existing(procedure.id) {
+                        try Self.checkKnownBooking(existing, id: procedure.id, hash: hash)
+                        counts.duplicates += 1
+                        continue
+                    }
+                    _ = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+                    pending.add(
+                        procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "booked",
+                        plannedAt: procedure.performedAt, reminders: [])
+                    known.set(procedure.id, Existing(hash: hash, status: "booked"))
+                    logBooked(procedure, file: file, counts: &counts)
+                default:
+                    preconditionFailure("only new procedures and bookings are decided in memory")
+                }
+            }
+            known.keepFile()
+            madeDue = madeDue || fileMadeDue
+            pending.files.append(file)
+            return .applied(summary: counts.summary)
+        } catch let error as IntakeError {
+            known.undoFile()
+            pending.procedures.removeSubrange(rowsStart.0...)
+            pending.reminders.removeSubrange(rowsStart.1...)
+            pending.files.append(file)
+            log.removeSubrange(logStart...)
+            log.append(
+                LogEntry(
+                    at: now, event: .rejected, procedureID: error.procedureID, actor: Self.storable(file.actor),
+                    detail: Self.storable("\(file.name): \(error)")))
+            return .rejected(error)
+        }
+    }
+
+    /// Writes the pending procedures and reminders: a multi-row `INSERT ... ON CONFLICT (id) DO
+    /// NOTHING` for the procedures, then one for their reminders. If another host stored one of
+    /// those ids meanwhile, this flush's rows are taken out again and its files are applied one by
+    /// one instead, each finding what the other host stored.
+    mutating func flush() async throws {
+        defer { pending = PendingRows() }
+        guard !pending.procedures.isEmpty else { return }
+        var inserted: [String] = []
+        for chunk in pending.procedures.chunks(of: 2000) {
+            inserted += try await insertProcedures(chunk)
+        }
+        guard inserted.count == pending.procedures.count else {
+            try await connection.run("DELETE FROM procedure WHERE id = ANY(\(inserted))")
+            let files = pending.files
+            log.removeSubrange(pending.start.log...)
+            outcomes.removeSubrange(pending.start.outcomes...)
+            madeDue = pending.start.madeDue
+            // What this intake believed of those ids no longer holds; the database says.
+            known = KnownProcedures()
+            pending = PendingRows()
+            for file in files { outcomes.append(try await apply(file)) }
+            return
+        }
+        for chunk in pending.reminders.chunks(of: 5000) {
+            var binds = PostgresBindings(capacity: 1 + chunk.count * 7)
+            binds.append(now.seconds)
+            var rows: [String] = []
+            rows.reserveCapacity(chunk.count)
+            for (procedureID, reminder) in chunk {
+                let n = binds.count + 1
+                rows.append(
+                    "($\(n)::text, $\(n + 1)::text, $\(n + 2)::float8, $\(n + 3)::float8, $\(n + 4)::float8, "
+                        + "$\(n + 5)::text, $\(n + 6)::text, $1)")
+                binds.append(procedureID)
+                binds.append(reminder.stepID)
+                binds.append(reminder.nominalAt.seconds)
+                binds.append(reminder.dueAt.seconds)
+                binds.append(reminder.expiresAt.seconds)
+                binds.append(reminder.state.rawValue)
+                binds.append(reminder.state == .expired ? reminder.note : nil)
+            }
+            try await connection.run(
+                PostgresQuery(
+                    unsafeSQL: """
+                        INSERT INTO reminder (procedure_id, step_id, nominal_at, due_at, expires_at, state, last_error,
+                            updated_at)
+                        VALUES \(rows.joined(separator: ", "))
+                        """, binds: binds))
+        }
+    }
+
+    /// Inserts procedures, skipping ids already taken. Returns the ids inserted.
+    private func insertProcedures(_ rows: ArraySlice<PendingRows.Procedure>) async throws -> [String] {
+        var binds = PostgresBindings(capacity: 1 + rows.count * 11)
+        binds.append(now.seconds)
+        var values: [String] = []
+        values.reserveCapacity(rows.count)
+        for row in rows {
+            let n = binds.count + 1
+            values.append(
+                "($\(n), $\(n + 1), $\(n + 2)::float8, $\(n + 3), $\(n + 4), $\(n + 5)::text, $\(n + 6), $\(n + 7), "
+                    + "$\(n + 8), $\(n + 9), $1, $1, $\(n + 10)::float8)")
+            let procedure = row.procedure
+            binds.append(procedure.id)
+            binds.append(procedure.protocolID)
+            binds.append(procedure.performedAt.seconds)
+            binds.append(procedure.patient.id)
+            binds.append(row.patientJSON ?? ReminderStore.encodePatient(procedure.patient))
+            binds.append(procedure.patient.firstName)
+            binds.append(procedure.patient.timeZone)
+            try binds.append(PatientColumns.routes(procedure.patient.routes))
+            binds.append(row.hash)
+            binds.append(row.status)
+            binds.append(row.plannedAt?.seconds)
+        }
+        return try await connection.rows(
+            PostgresQuery(
+                unsafeSQL: """
+                    INSERT INTO procedure (id, protocol_id, performed_at, patient_id, patient_json, first_name,
+                        time_zone, routes, content_hash, status, ingested_at, updated_at, planned_at)
+                    VALUES \(values.joined(separator: ", "))
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING id
+                    """, binds: binds)
+        ) { row in try row.decode(String.self) }
     }
 
     /// Applies one file, all or nothing. A refused file leaves no change and only its `rejected` row.
@@ -149,17 +330,7 @@ struct PostgresIntake {
                 return
             }
             known.set(procedure.id, Existing(hash: hash, status: "active"))
-            let expired = logExpired(procedure, planned)
-            log.append(
-                LogEntry(
-                    at: now, event: .ingested, procedureID: procedure.id, patientID: procedure.patient.id,
-                    actor: file.actor,
-                    detail: "\(file.name): protocol \(procedure.protocolID), \(planned.count) reminder(s) planned"
-                        + (expired > 0 ? ", \(expired) already past their window" : "")
-                        + (force && expired == planned.count ? " (forced)" : "")))
-            counts.procedures += 1
-            counts.reminders += planned.count
-            counts.expired += expired
+            logIngested(procedure, planned, force: force, file: file, counts: &counts)
 
         case .book(let procedure):
             let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
@@ -180,13 +351,7 @@ struct PostgresIntake {
                 return
             }
             known.set(procedure.id, Existing(hash: hash, status: "booked"))
-            log.append(
-                LogEntry(
-                    at: now, event: .booked, procedureID: procedure.id, patientID: procedure.patient.id,
-                    actor: file.actor,
-                    detail: "\(file.name): protocol \(procedure.protocolID), planned for "
-                        + Timestamp.format(procedure.performedAt, in: procedure.patientTimeZone)))
-            counts.booked += 1
+            logBooked(procedure, file: file, counts: &counts)
 
         case .move(let procedureID, let plannedAt, let timeZone):
             let (stored, status, _) = try await loadProcedure(procedureID)
@@ -682,6 +847,34 @@ struct PostgresIntake {
         return rows.joined(separator: ", ")
     }
 
+    /// The rows of a new procedure: its expired steps, then `ingested`.
+    private mutating func logIngested(
+        _ procedure: Procedure, _ planned: [PlannedReminder], force: Bool, file: IntakeBatchFile,
+        counts: inout IntakeCounts
+    ) {
+        let expired = logExpired(procedure, planned)
+        log.append(
+            LogEntry(
+                at: now, event: .ingested, procedureID: procedure.id, patientID: procedure.patient.id,
+                actor: file.actor,
+                detail: "\(file.name): protocol \(procedure.protocolID), \(planned.count) reminder(s) planned"
+                    + (expired > 0 ? ", \(expired) already past their window" : "")
+                    + (force && expired == planned.count ? " (forced)" : "")))
+        counts.procedures += 1
+        counts.reminders += planned.count
+        counts.expired += expired
+    }
+
+    private mutating func logBooked(_ procedure: Procedure, file: IntakeBatchFile, counts: inout IntakeCounts) {
+        log.append(
+            LogEntry(
+                at: now, event: .booked, procedureID: procedure.id, patientID: procedure.patient.id,
+                actor: file.actor,
+                detail: "\(file.name): protocol \(procedure.protocolID), planned for "
+                    + Timestamp.format(procedure.performedAt, in: procedure.patientTimeZone)))
+        counts.booked += 1
+    }
+
     /// Logs the reminders planned expired, in plan order. Returns how many.
     private mutating func logExpired(_ procedure: Procedure, _ planned: [PlannedReminder]) -> Int {
         var expired = 0
@@ -717,6 +910,40 @@ struct PostgresIntake {
 
     /// Byte order, as SQLite compares text.
     private static func byteOrder(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
+}
+
+/// New procedures and their reminders decided in memory, not yet written, and the files they came
+/// from (refused ones too, as they are redone in order if the rows cannot be written as decided).
+private struct PendingRows {
+    struct Procedure {
+        var procedure: AftercareCore.Procedure
+        var hash: String
+        var patientJSON: String?
+        var status: String
+        var plannedAt: Date?
+    }
+
+    var procedures: [Procedure] = []
+    var reminders: [(procedureID: String, reminder: PlannedReminder)] = []
+    var files: [IntakeBatchFile] = []
+    /// Where the log, the outcomes and `madeDue` stood before the first of `files`.
+    var start = (log: 0, outcomes: 0, madeDue: false)
+
+    mutating func add(
+        _ procedure: AftercareCore.Procedure, hash: String, patientJSON: String?, status: String, plannedAt: Date?,
+        reminders planned: [PlannedReminder]
+    ) {
+        procedures.append(
+            Procedure(procedure: procedure, hash: hash, patientJSON: patientJSON, status: status, plannedAt: plannedAt))
+        for reminder in planned { reminders.append((procedure.id, reminder)) }
+    }
+}
+
+extension Array {
+    /// Consecutive slices of at most `size` elements.
+    fileprivate func chunks(of size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
+    }
 }
 
 /// What an intake knows of stored procedures without asking the database: the batch's look-up,
