@@ -104,16 +104,10 @@ struct PostgresIntake {
         let rowsStart = (pending.procedures.count, pending.reminders.count)
         fileMadeDue = false
         do {
-            if Self.holdsNUL(file.name) || Self.holdsNUL(file.actor) {
-                throw IntakeError(problem: "the file's name or owner holds a NUL character, which PostgreSQL cannot store")
-            }
+            try Self.checkStorable(file)
             var counts = IntakeCounts()
             for (request, prepared) in zip(file.requests, file.prepared) {
-                if request.holdsNUL {
-                    throw IntakeError(
-                        procedureID: request.procedureID,
-                        problem: "the request holds a NUL character, which PostgreSQL cannot store")
-                }
+                try Self.checkStorable(request)
                 switch request {
                 case .procedure(let procedure, let force):
                     let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
@@ -266,17 +260,11 @@ struct PostgresIntake {
         let savepoint = !(file.requests.count == 1 && file.requests.allSatisfy(\.isNewProcedure))
         if savepoint { try await connection.run("SAVEPOINT f") }
         do {
-            if Self.holdsNUL(file.name) || Self.holdsNUL(file.actor) {
-                throw IntakeError(problem: "the file's name or owner holds a NUL character, which PostgreSQL cannot store")
-            }
+            try Self.checkStorable(file)
             var counts = IntakeCounts()
             for (request, prepared) in zip(file.requests, file.prepared) {
-                // Where SQLite would store it, or refuse the file for another reason first.
-                if request.holdsNUL {
-                    throw IntakeError(
-                        procedureID: request.procedureID,
-                        problem: "the request holds a NUL character, which PostgreSQL cannot store")
-                }
+                // Here, where SQLite would have refused the file for another reason first.
+                try Self.checkStorable(request)
                 try await apply(request, prepared: prepared, file: file, counts: &counts)
             }
             if savepoint { try await connection.run("RELEASE SAVEPOINT f") }
@@ -325,7 +313,8 @@ struct PostgresIntake {
                     reminders: planned)
             else {
                 // Another host ingested it meanwhile: as if it had been there all along.
-                try Self.checkKnownProcedure(try await existingAfterConflict(procedure.id), id: procedure.id, hash: hash)
+                let existing = try await existingAfterConflict(procedure.id)
+                try Self.checkKnownProcedure(existing, id: procedure.id, hash: hash)
                 counts.duplicates += 1
                 return
             }
@@ -644,8 +633,9 @@ struct PostgresIntake {
         let rows = try await connection.rows(query) { row in
             let (id, protocolID, performedAt, patientJSON, status) = try row.decode(
                 (String, String, Double, String, String).self)
-            return (try Self.procedure(id: id, protocolID: protocolID, performedAt: performedAt, patientJSON: patientJSON),
-                status)
+            let procedure = try Self.procedure(
+                id: id, protocolID: protocolID, performedAt: performedAt, patientJSON: patientJSON)
+            return (procedure, status)
         }
         guard !rows.isEmpty else {
             throw IntakeError(
@@ -758,7 +748,9 @@ struct PostgresIntake {
     }
 
     /// A procedure from its stored columns.
-    static func procedure(id: String, protocolID: String, performedAt: Double, patientJSON: String) throws -> Procedure {
+    static func procedure(
+        id: String, protocolID: String, performedAt: Double, patientJSON: String
+    ) throws -> Procedure {
         Procedure(
             id: id, protocolID: protocolID, performedAt: Date(seconds: performedAt),
             patient: try JSONDecoder().decode(Patient.self, from: Data(patientJSON.utf8)))
@@ -890,6 +882,20 @@ struct PostgresIntake {
 
     // MARK: What PostgreSQL can store
 
+    private static func checkStorable(_ file: IntakeBatchFile) throws {
+        if holdsNUL(file.name) || holdsNUL(file.actor) {
+            throw IntakeError(problem: "the file's name or owner holds a NUL character, which PostgreSQL cannot store")
+        }
+    }
+
+    private static func checkStorable(_ request: IntakeRequest) throws {
+        if request.holdsNUL {
+            throw IntakeError(
+                procedureID: request.procedureID,
+                problem: "the request holds a NUL character, which PostgreSQL cannot store")
+        }
+    }
+
     /// The plan's step names and notes come from the configuration; checked all the same.
     private static func checkStorable(_ planned: [PlannedReminder], procedureID: String) throws {
         for reminder in planned where holdsNUL(reminder.stepID) || reminder.note.map(holdsNUL) == true {
@@ -1001,7 +1007,9 @@ extension IntakeRequest {
     fileprivate var holdsNUL: Bool {
         func patient(_ patient: Patient) -> Bool {
             [patient.id, patient.timeZone, patient.firstName ?? ""].contains(where: PostgresIntake.holdsNUL)
-                || patient.routes.contains { PostgresIntake.holdsNUL($0.channel) || PostgresIntake.holdsNUL($0.address) }
+                || patient.routes.contains { route in
+                    PostgresIntake.holdsNUL(route.channel) || PostgresIntake.holdsNUL(route.address)
+                }
         }
         switch self {
         case .procedure(let procedure, _), .book(let procedure):

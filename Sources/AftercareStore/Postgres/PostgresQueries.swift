@@ -117,18 +117,21 @@ extension PostgresReminderStore {
             let procedureID = dot.map { String(id[..<$0]) } ?? id
             let stepID = dot.map { String(id[id.index(after: $0)...]) } ?? ""
             query = """
-                SELECT COUNT(*) FROM reminder WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
+                SELECT COUNT(*) FROM reminder
+                WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
                     AND procedure_id = \(procedureID) AND step_id = \(stepID)
                 """
         case .procedure(let id):
             guard !PostgresIntake.holdsNUL(id) else { return 0 }
             query = """
-                SELECT COUNT(*) FROM reminder WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
+                SELECT COUNT(*) FROM reminder
+                WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
                     AND procedure_id = \(id)
                 """
         case .deadSince(let date):
             query = """
-                SELECT COUNT(*) FROM reminder WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
+                SELECT COUNT(*) FROM reminder
+                WHERE (state = 'dead' OR (state = 'expired' AND expires_at > \(now.seconds)))
                     AND updated_at >= \(date.seconds)
                 """
         }
