@@ -107,6 +107,7 @@ struct PostgresIntakeTests {
                 file("old.json", [.procedure(procedure("P-old", at: base - 10 * day))]),
                 file("forced.json", [.procedure(procedure("P-old", at: base - 10 * day), force: true)]),
                 file("ahead.json", [.procedure(procedure("P-ahead", at: base + 2 * day))]),
+                file("late7h.json", [.procedure(procedure("P-8", patient: "MRN-4", at: base - 7 * hour))]),
             ])
         // Bookings: new, resent, different, a procedure request for one, a move, a bad move.
         try await ingest(
@@ -158,6 +159,8 @@ struct PostgresIntakeTests {
                     "resched.json",
                     [.reschedule(procedureID: "P-4", performedAt: base + 30 * 60, timeZone: "America/Chicago")]),
                 file("resched-a.json", [.reschedule(procedureID: "A-1", performedAt: base, timeZone: nil)]),
+                // Its first step expired untried under the old time; the new one re-plans it.
+                file("resched8.json", [.reschedule(procedureID: "P-8", performedAt: base - hour, timeZone: nil)]),
                 file("replay1.json", [.replay(.reminder("P-4.ice"))]),
                 file("replay-again.json", [.replay(.reminder("P-4.ice"))]),
                 file("replay-none.json", [.replay(.reminder("P-4.nothing"))]),
@@ -219,7 +222,7 @@ struct PostgresIntakeTests {
         for phrase in [
             "already known", "different details", "rejected", "appointment(s) moved", "procedure(s) updated",
             "reminder(s) cancelled", "reminder(s) re-planned", "reminder(s) replayed", "appointment(s) performed",
-            "(confirmed after it was closed", "A-1",
+            "(confirmed after it was closed", "expired step re-planned", "already past their window",
         ] {
             #expect(all.contains(phrase), "the scenario never produced \(phrase)")
         }
@@ -230,7 +233,7 @@ struct PostgresIntakeTests {
             #expect(try await postgres.dueOrClaimedCount(now: now) == (try await sqlite.dueOrClaimedCount(now: now)))
             #expect(try await postgres.hasDueOrClaimed(now: now) == (try await sqlite.hasDueOrClaimed(now: now)))
         }
-        let ids = ["P-1", "P-2", "P-3", "P-4", "P-5", "P-6", "P-7", "P-old", "P-ahead", "A-1", "A-2", "A-3", "nope"]
+        let ids = ["P-1", "P-2", "P-3", "P-4", "P-5", "P-6", "P-7", "P-8", "P-old", "P-ahead", "A-1", "A-2", "A-3", "nope"]
         for id in ids {
             let mine = try await postgres.procedure(id).map(ProcedureAndReminders.init)
             let theirs = try await sqlite.procedure(id).map(ProcedureAndReminders.init)
@@ -298,6 +301,57 @@ struct PostgresIntakeTests {
         #expect(ingested.count == 8 * 21)
         #expect(Set(ingested.map(\.entry.procedureID)).count == 8 * 21)
         #expect(try await hostB.status(now: now).count(.scheduled) == 8 * 21 * 3)
+        #expect(try await hostA.verifyChain() != nil)
+    }
+
+    @Test("a procedure another host holds uncommitted is waited for, then found known; the batch's others stay")
+    func conflictWithAnOpenTransaction() async throws {
+        let (hostA, database) = try await Self.openPostgres(node: "host-a")
+        let (hostB, _) = try await Self.openPostgres(node: "host-b", database: database)
+        defer {
+            Task {
+                await hostA.close()
+                await hostB.close()
+            }
+        }
+        let now = Fixture.base
+        let shared = Self.procedure("P-shared", at: now)
+        let (written, writtenSignal) = AsyncStream<Void>.makeStream()
+        // Host B inserts P-shared and keeps its transaction open for a while.
+        let hostBIntake = Task {
+            try await hostB.transaction { connection in
+                var intake = PostgresIntake(connection: connection, now: now, plan: Fixture.plan)
+                try await intake.take(Fixture.file("b.json", [.procedure(shared)]))
+                try await intake.flush()
+                writtenSignal.yield()
+                try await Task.sleep(for: .milliseconds(500))
+                try await PostgresLog.append(intake.log, on: connection)
+                return intake.outcomes
+            }
+        }
+        for await _ in written { break }
+        let outcomes = try await hostA.ingest(
+            [
+                Fixture.file("a1.json", [.procedure(Self.procedure("P-mine", at: now))]),
+                Fixture.file("a2.json", [.procedure(shared)]),
+                Fixture.file("a3.json", [.procedure(Self.procedure("P-shared", at: now, name: "Bo"))]),
+                Fixture.file("a4.json", [.book(Self.procedure("A-mine", at: now + Self.day))]),
+            ], now: now, plan: Fixture.plan)
+        #expect(try await hostBIntake.value == [.applied(summary: "1 procedure(s) planned: 3 reminder(s), 0 expired")])
+        #expect(outcomes.count == 4)
+        #expect(outcomes[0] == .applied(summary: "1 procedure(s) planned: 3 reminder(s), 0 expired"))
+        #expect(outcomes[1] == .applied(summary: "1 already known"))
+        guard case .rejected(let error) = outcomes[2] else {
+            Issue.record("a different P-shared was not refused: \(outcomes[2])")
+            return
+        }
+        #expect(error.problem.contains("already ingested with different details"))
+        #expect(outcomes[3] == .applied(summary: "1 appointment(s) booked"))
+        #expect(try await hostA.procedure("P-mine")?.1.count == 3)
+        #expect(try await hostA.procedure("P-shared")?.1.count == 3)
+        #expect(try await hostA.procedure("A-mine")?.0.status == "booked")
+        let rows = try await hostA.logRows().map { "\($0.entry.event) \($0.entry.procedureID ?? "-")" }
+        #expect(rows == ["ingested P-shared", "ingested P-mine", "rejected P-shared", "booked A-mine"])
         #expect(try await hostA.verifyChain() != nil)
     }
 
