@@ -416,36 +416,52 @@ struct PostgresAuditTests {
         #expect(try await hostA.verifyLog(anchor: nil).verdict == .intact(rows: 400, head: head.hash))
         #expect(try await hostB.verifyLog(anchor: LogAnchor(seq: 400, hash: head.hash)).anchoredSeq == 400)
     }
-}
 
-// TEMPORARY until the pgkit branch's PostgresCluster lands: databases in the cluster whose folder
-// AFTERCARE_TEST_POSTGRES_DIR names (started with scripts/pg-cluster).
-struct PostgresTestDatabase: Sendable {
-    var name: String
-    var port: Int
-    var password: String
-    var caFile: String
-}
-
-actor PostgresCluster {
-    static let shared = PostgresCluster()
-
-    func makeDatabase() async throws -> PostgresTestDatabase {
-        let directory = ProcessInfo.processInfo.environment["AFTERCARE_TEST_POSTGRES_DIR"] ?? "/tmp/pgaudit/pg"
-        func text(_ file: String) throws -> String {
-            try String(contentsOfFile: "\(directory)/\(file)", encoding: .utf8)
-                .trimmingCharacters(in: .whitespacesAndNewlines)
+    @Test("prunes on one host while another appends leave one chain that verifies from its checkpoint")
+    func pruneWhileAppending() async throws {
+        let database = try await PostgresCluster.shared.makeDatabase()
+        let hostA = try await Self.openPostgres(database, node: "test-a")
+        let hostB = try await Self.openPostgres(database, node: "test-b")
+        defer {
+            Task {
+                await hostA.close()
+                await hostB.close()
+            }
         }
-        let port = try #require(URLComponents(string: try text("url"))?.port)
-        let password = try text("password")
-        let name = "test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(20).lowercased()
-        let connection = try await PostgresConnection.connect(
-            configuration: PostgresConnection.Configuration(
-                host: "127.0.0.1", port: port, username: "aftercare", password: password, database: "postgres",
-                tls: .disable),
-            id: 1, logger: PostgresConnection.quiet)
-        try await connection.run(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"))
-        try await connection.close()
-        return PostgresTestDatabase(name: name, port: port, password: password, caFile: "\(directory)/ca.crt")
+        for index in 0..<20 {
+            try await hostA.logEvent(LogEntry(at: Self.at(Double(index)), event: .configReloaded, detail: "\(index)"))
+        }
+        let results = try await withThrowingTaskGroup(of: [PruneResult].self) { group in
+            group.addTask {
+                for index in 20..<220 {
+                    try await hostA.logEvent(
+                        LogEntry(at: Self.at(Double(index)), event: .configReloaded, detail: "\(index)"))
+                }
+                return []
+            }
+            for host in [hostA, hostB] {
+                group.addTask {
+                    var results: [PruneResult] = []
+                    for cut in stride(from: 10.0, through: 200, by: 10) {
+                        results.append(
+                            try await host.pruneLog(before: Self.at(cut), now: Self.at(500), actor: "root"))
+                    }
+                    return results
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(results.contains { $0.removed > 0 })
+        let report = try await hostB.verifyLog(anchor: nil)
+        let head = try #require(try await hostA.logHead())
+        let checkpoint = try #require(report.checkpoint)
+        #expect(report.verdict == .intact(rows: Int(head.seq - checkpoint.firstKept + 1), head: head.hash))
+        let rows = try await hostA.auditLog(AuditFilter())
+        #expect(rows.map(\.seq) == Array(checkpoint.firstKept...head.seq))
+        let appended = rows.filter { $0.entry.event == .configReloaded }
+            .compactMap { $0.entry.detail.flatMap(Int.init) }
+        #expect(appended == Array(appended.sorted()))
+        #expect(appended.last == 219)
     }
 }
+
