@@ -146,6 +146,7 @@ let package = Package(
             name: "AftercareStoreTests",
             dependencies: [
                 "AftercareStore", "AftercareCore", "AftercareTestKit", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),

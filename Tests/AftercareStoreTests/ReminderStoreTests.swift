@@ -302,4 +302,27 @@ struct SharedQueueTests {
         #expect(Set(a + b).count == 150)
         #expect(!a.isEmpty && !b.isEmpty, "both daemons took work")
     }
+
+    @Test("a NUL byte, which PostgreSQL text cannot hold, never stalls recording: it is kept as U+FFFD and flagged")
+    func nulDoesNotStallRecording() async throws {
+        let store = try await stores.open(.postgres)
+        _ = try await store.ingest(
+            [Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try #require(try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60).first)
+        var attempt = ReminderStoreTests.attempt(.delivered(detail: "HTTP 204 \u{0}ok"))
+        attempt.message = SentMessage(
+            subject: "Aftercare", body: "Ice it\u{0}.",
+            protocolVersion: ProtocolVersion(protocolID: "trigger-point-injection", content: "body"))
+        try await store.record([(claimed, .attempted(attempt, next: .delivered))], now: Fixture.base)
+        #expect(try await store.procedure("P-1")?.1[0].state == .delivered)
+        let row = try #require(try await store.auditLog(AuditFilter(outcome: "delivered")).first)
+        #expect(row.entry.detail == "HTTP 204 \u{FFFD}ok")
+        let shown = try await store.attemptMessage(seq: row.seq)
+        #expect(shown.body == "Ice it\u{FFFD}.")
+        #expect(!shown.textMatches, "the stored words are not the words sent, and show says so")
+        guard case .intact = try await store.verifyLog() else {
+            Issue.record("the chain does not verify")
+            return
+        }
+    }
 }

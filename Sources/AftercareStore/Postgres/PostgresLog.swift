@@ -24,6 +24,12 @@ enum PostgresLog {
         records.reserveCapacity(entries.count)
         for var entry in entries {
             storable(&entry)
+            // Times at the microsecond and latency at the microsecond too, as SQLite stores them and
+            // the chain hashes them, so both engines hold the same values.
+            entry.at = LogAppender.roundMicros(entry.at)!
+            entry.startedAt = LogAppender.roundMicros(entry.startedAt)
+            entry.endedAt = LogAppender.roundMicros(entry.endedAt)
+            entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
             seq += 1
             previous = LogChain.hash(previous: previous, seq: seq, entry)
             records.append(LogRecord(seq: seq, entry: entry, hash: previous))

@@ -11,7 +11,7 @@ import PostgresNIO
 /// each other; a dead daemon's lapsed leases are taken over by the others. The delivery log stays
 /// one hash chain: every transaction that appends to it takes the one `log_head` row's lock last,
 /// just before it commits, so rows from concurrent writers are chained in commit order.
-public final class PostgresReminderStore: Sendable {
+public final class PostgresReminderStore: ReminderQueue {
     let client: PostgresClient
     private let runner: Task<Void, Never>
     let settings: PostgresSettings
