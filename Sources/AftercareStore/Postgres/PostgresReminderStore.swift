@@ -29,19 +29,32 @@ public final class PostgresReminderStore: ReminderQueue {
         self.settings = settings
         self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         location = settings.url
-        let tls: PostgresClient.Configuration.TLS
-        switch settings.tls {
-        case .disable:
-            tls = .disable
-        case .verifyFull:
-            var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.certificateVerification = .fullVerification
-            if let caFile = settings.caFile { configuration.trustRoots = .file(caFile) }
-            tls = .require(configuration)
+        var tlsConfiguration: TLSConfiguration?
+        if settings.tls == .verifyFull {
+            var verified = TLSConfiguration.makeClientConfiguration()
+            verified.certificateVerification = .fullVerification
+            if let caFile = settings.caFile { verified.trustRoots = .file(caFile) }
+            tlsConfiguration = verified
+        }
+        // One connection first, on its own: a wrong password, an untrusted certificate or a server
+        // that is not there is reported at once, in its own words, where the pool would retry
+        // quietly for a minute and then say only that its circuit breaker tripped.
+        do {
+            let probe = try await PostgresConnection.connect(
+                on: PostgresClient.defaultEventLoopGroup.any(),
+                configuration: PostgresConnection.Configuration(
+                    host: settings.host, port: settings.port, username: settings.user, password: password,
+                    database: settings.database,
+                    tls: try tlsConfiguration.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable),
+                id: 0, logger: self.logger
+            ).get()
+            try await probe.close()
+        } catch {
+            throw StoreError("cannot connect to \(settings.url): \(Self.describe(error))")
         }
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: password,
-            database: settings.database, tls: tls)
+            database: settings.database, tls: tlsConfiguration.map { .require($0) } ?? .disable)
         // postgres-nio sends a host name as SNI and NIOSSL checks the certificate names it; for an IP
         // literal (never sent as SNI) NIOSSL checks the certificate names the peer's address instead.
         configuration.options.maximumConnections = settings.connections
