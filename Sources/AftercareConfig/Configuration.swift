@@ -76,6 +76,12 @@ public struct AftercareConfiguration: Sendable {
     /// Which engine keeps the queue (`[store]`): SQLite unless it says PostgreSQL.
     public var store = StoreSettings.sqlite
 
+    /// The `credentials/` folder beside the configuration: what the unit passes in as credentials
+    /// `aftercare_<file>`, read directly when a command runs outside systemd.
+    public var credentialsFolder: String {
+        URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent("credentials").path
+    }
+
     /// Loads and checks the configuration and every protocol it names. Unknown keys and bad values
     /// are errors naming the file and line.
     public static func load(path: String) throws(ConfigError) -> AftercareConfiguration {

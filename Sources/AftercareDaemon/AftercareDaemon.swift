@@ -88,7 +88,8 @@ public final class AftercareDaemon: Service, Sendable {
         runtime.withLock { $0 = current }
         let lock = try StateLock(directory: config.paths.stateDirectory)
         defer { lock.release() }
-        let store = try await StoreOpener.open(config.store, sqlitePath: config.paths.database, logger: logger)
+        let store = try await StoreOpener.open(
+            config.store, sqlitePath: config.paths.database, credentials: config.credentialsFolder, logger: logger)
         // On a shared PostgreSQL queue, other daemons' new work wakes this one's pipeline.
         let queueWatch = Task { [dispatchEvents] in await store.watchQueue { dispatchEvents.post(.signal(.queue)) } }
         defer { queueWatch.cancel() }

@@ -21,8 +21,8 @@ public struct Monitoring: Sendable {
     }
 
     public init(
-        settings: MetricsSettings, paths: StoragePaths, store: StoreSettings = .sqlite, clock: any WallClock,
-        logger: Logger
+        settings: MetricsSettings, paths: StoragePaths, store: StoreSettings = .sqlite, credentials: String? = nil,
+        clock: any WallClock, logger: Logger
     ) {
         registry = PrometheusCollectorRegistry()
         metrics = DaemonMetrics(factory: Self.factory(registry), stallAfter: .seconds(settings.stallAfterSeconds))
@@ -31,7 +31,7 @@ public struct Monitoring: Sendable {
                 settings: settings, stateDirectory: paths.stateDirectory, registry: registry, metrics: metrics,
                 logger: logger),
             QueueGauges(
-                paths: paths, store: store, metrics: metrics, clock: clock, every: .seconds(settings.refreshSeconds),
+                paths: paths, store: store, credentials: credentials, metrics: metrics, clock: clock, every: .seconds(settings.refreshSeconds),
                 logger: logger),
         ]
     }

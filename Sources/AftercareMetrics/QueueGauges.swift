@@ -30,6 +30,7 @@ public struct QueueGauges: Service {
 
     private let paths: StoragePaths
     private let storeSettings: StoreSettings
+    private let credentials: String?
     private let metrics: DaemonMetrics
     private let clock: any WallClock
     private let every: Duration
@@ -40,16 +41,18 @@ public struct QueueGauges: Service {
     /// - Parameters:
     ///   - paths: where the database and the spool are.
     ///   - store: which engine keeps the queue.
+    ///   - credentials: the `credentials/` folder beside the configuration (see ``StoreOpener``).
     ///   - metrics: the daemon's metrics; the gauges go to its factory and the readings feed its health.
     ///   - clock: the daemon's clock, to tell what is due.
     ///   - every: how often to read the queue.
     ///   - chainEvery: how often to verify the delivery log (O(rows): not often).
     public init(
-        paths: StoragePaths, store: StoreSettings = .sqlite, metrics: DaemonMetrics, clock: any WallClock,
-        every: Duration, chainEvery: Duration = .seconds(3600), logger: Logger
+        paths: StoragePaths, store: StoreSettings = .sqlite, credentials: String? = nil, metrics: DaemonMetrics,
+        clock: any WallClock, every: Duration, chainEvery: Duration = .seconds(3600), logger: Logger
     ) {
         self.paths = paths
         storeSettings = store
+        self.credentials = credentials
         self.metrics = metrics
         self.clock = clock
         self.every = every
@@ -70,7 +73,8 @@ public struct QueueGauges: Service {
         while !Task.isCancelled {
             // The daemon creates the database; until it has, there is nothing to read.
             if store == nil {
-                store = try? await StoreOpener.open(storeSettings, sqlitePath: paths.database, readOnly: true)
+                store = try? await StoreOpener.open(
+                    storeSettings, sqlitePath: paths.database, credentials: credentials, readOnly: true)
             }
             await refresh(store)
             if let store, ContinuousClock.now >= nextChainCheck {

@@ -5,28 +5,39 @@ import Logging
 /// Opens the queue the configuration names: the SQLite file, or the shared PostgreSQL database.
 public enum StoreOpener {
     /// Opens the store. `readOnly` is for staff commands: nothing is created or migrated.
+    ///
+    /// - Parameter credentials: where a credential named `aftercare_<file>` is read from as `<file>`
+    ///   when the process runs outside systemd (no `$CREDENTIALS_DIRECTORY`): the `credentials/`
+    ///   folder beside the configuration, which the unit's `LoadCredential=aftercare:…` passes in.
     public static func open(
-        _ settings: StoreSettings, sqlitePath: String, readOnly: Bool = false, logger: Logger? = nil
+        _ settings: StoreSettings, sqlitePath: String, credentials: String? = nil, readOnly: Bool = false,
+        logger: Logger? = nil
     ) async throws -> any ReminderQueue {
         switch settings {
         case .sqlite:
             return try ReminderStore(path: sqlitePath, readOnly: readOnly)
         case .postgres(let postgres):
             return try await PostgresReminderStore(
-                settings: postgres, password: try password(for: postgres), readOnly: readOnly, logger: logger)
+                settings: postgres, password: try password(for: postgres, credentials: credentials),
+                readOnly: readOnly, logger: logger)
         }
     }
 
     /// The password from `password_file`, or from the systemd credential named by
-    /// `password_credential` (`$CREDENTIALS_DIRECTORY/<name>`); nil when neither is set (the server
+    /// `password_credential` (`$CREDENTIALS_DIRECTORY/<name>`, or outside systemd
+    /// `<credentials>/<file>` for a name `aftercare_<file>`); nil when neither is set (the server
     /// then must not ask for one). Only the first line counts, without its line break.
     public static func password(
-        for settings: PostgresSettings, environment: [String: String] = ProcessInfo.processInfo.environment
+        for settings: PostgresSettings, credentials: String? = nil,
+        environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> String? {
         let file: String
         if let path = settings.passwordFile {
             file = path
         } else if let credential = settings.passwordCredential {
+            if environment["CREDENTIALS_DIRECTORY"] ?? "" == "", let credentials, credential.hasPrefix("aftercare_") {
+                return try read(credentials + "/" + credential.dropFirst("aftercare_".count))
+            }
             guard let folder = environment["CREDENTIALS_DIRECTORY"], !folder.isEmpty else {
                 throw StoreError(
                     "password_credential = \"\(credential)\" needs the unit's LoadCredential=\(credential):<file> "
@@ -36,6 +47,10 @@ public enum StoreOpener {
         } else {
             return nil
         }
+        return try read(file)
+    }
+
+    private static func read(_ file: String) throws -> String {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: file))

@@ -225,7 +225,8 @@ struct AuditCommand: AsyncParsableCommand {
             let cutoff = try AuditTime.parse(before, zone: zone, option: "--before")
             let store: any ReminderQueue
             do {
-                store = try await StoreOpener.open(config.store, sqlitePath: config.paths.database)
+                store = try await StoreOpener.open(
+                    config.store, sqlitePath: config.paths.database, credentials: config.credentialsFolder)
             } catch {
                 throw CLIError("\(error)")
             }

@@ -1,6 +1,7 @@
 import AftercareConfig
 import AftercareCore
 import AftercareDaemon
+import AftercareStore
 import ArgumentParser
 import Foundation
 
@@ -37,6 +38,21 @@ struct ConfigCommand: AsyncParsableCommand {
                     throw CLIError("sender '\(name)': \(error)")
                 }
             }
+            let storeLine: String
+            switch config.store {
+            case .sqlite:
+                storeLine = "  database    \(config.paths.database)"
+            case .postgres(let settings):
+                // Connects once: the password, the certificate and the server are checked here, not
+                // at the daemon's first start.
+                let schema = try await cliCheck {
+                    try await PostgresReminderStore.check(
+                        settings, password: try StoreOpener.password(for: settings, credentials: config.credentialsFolder))
+                }
+                storeLine = "  database    \(settings.url) (node \(settings.node), TLS \(settings.tls.rawValue)"
+                    + (settings.caFile.map { " with CA \($0)" } ?? "") + "): connected, "
+                    + (schema.map { "schema \($0)" } ?? "no aftercare schema yet (the first daemon creates it)")
+            }
             print("\(config.file): OK")
             print("  clinic      \(config.policy.clinicName), \(config.policy.clinicPhone), \(config.policy.clinicTimeZone)")
             print("  quiet hours \(config.policy.quietHours?.description ?? "none")"
@@ -51,7 +67,7 @@ struct ConfigCommand: AsyncParsableCommand {
             for (channel, sender) in config.channels.sorted(by: { $0.key < $1.key }) {
                 print("  channel     \(channel) → \(sender)")
             }
-            print("  database    \(config.paths.database)")
+            print(storeLine)
             print("  spool       \(config.paths.spool)")
             if config.senders.values.contains(where: { $0.kind != "file" }) {
                 print("  note        network senders are configured: under systemd the unit allows only loopback "

@@ -32,7 +32,8 @@ struct DaemonCommand: AsyncParsableCommand {
         let monitoring = config.flatMap { config in
             config.metrics.map {
                 Monitoring(
-                    settings: $0, paths: config.paths, store: config.store, clock: SystemClock(), logger: logger)
+                    settings: $0, paths: config.paths, store: config.store, credentials: config.credentialsFolder,
+                    clock: SystemClock(), logger: logger)
             }
         }
         if let monitoring { MetricsSystem.bootstrap(Monitoring.factory(monitoring.registry)) }

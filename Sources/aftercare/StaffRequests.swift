@@ -10,7 +10,8 @@ import Foundation
 func openStore(_ config: AftercareConfiguration) async throws -> any ReminderQueue {
     if case .postgres = config.store {
         do {
-            return try await StoreOpener.open(config.store, sqlitePath: config.paths.database, readOnly: true)
+            return try await StoreOpener.open(
+            config.store, sqlitePath: config.paths.database, credentials: config.credentialsFolder, readOnly: true)
         } catch {
             throw CLIError("\(error)")
         }

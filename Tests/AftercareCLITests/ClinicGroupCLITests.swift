@@ -112,4 +112,41 @@ struct ClinicGroupCLITests {
         for daemon in daemons { Self.stop(daemon) }
         #expect(try north.run(["audit", "verify"]).status == 0)
     }
+
+    @Test("config check connects: it names the database and its schema, and a wrong password or CA is one line")
+    func configCheckConnects() async throws {
+        let database = try await PostgresCluster.shared.makeDatabase()
+        let harness = try CLIHarness()
+        // As installed: the password in credentials/ beside the config, named as the unit passes it in.
+        try FileManager.default.createDirectory(atPath: harness.root + "/credentials", withIntermediateDirectories: true)
+        try (database.password + "\n").write(
+            toFile: harness.root + "/credentials/db-password", atomically: true, encoding: .utf8)
+        let config = try String(contentsOfFile: harness.configPath, encoding: .utf8)
+        let store = """
+
+            [store]
+            kind = "postgres"
+            url = "\(database.url)"
+            password_credential = "aftercare_db-password"
+            ca_file = "\(database.caFile)"
+            node = "north"
+            """
+        try (config + store).write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        let fresh = try harness.run(["config", "check"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(fresh.stdout.contains("\(database.url) (node north, TLS verify-full with CA \(database.caFile)): connected, "
+            + "no aftercare schema yet"), "\(fresh.stdout)")
+        try "wrong\n".write(toFile: harness.root + "/credentials/db-password", atomically: true, encoding: .utf8)
+        let refused = try harness.run(["config", "check"])
+        #expect(refused.status != 0 && !refused.stdout.contains(": OK"))
+        #expect(refused.stderr.contains("password authentication failed") && refused.stderr.split(separator: "\n").count == 1,
+            "\(refused.stderr)")
+        try (database.password + "\n").write(
+            toFile: harness.root + "/credentials/db-password", atomically: true, encoding: .utf8)
+        try (config + store.replacingOccurrences(of: database.caFile, with: "/etc/ssl/certs/ca-certificates.crt"))
+            .write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        let untrusted = try harness.run(["config", "check"])
+        #expect(untrusted.status != 0)
+        #expect(untrusted.stderr.contains("TLS certificate is not signed by a trusted CA"), "\(untrusted.stderr)")
+    }
 }

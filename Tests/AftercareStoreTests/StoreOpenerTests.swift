@@ -25,6 +25,16 @@ struct StoreOpenerTests {
                 for: settings(credential: "aftercare_db"), environment: ["CREDENTIALS_DIRECTORY": folder])
                 == "from-systemd")
         #expect(try StoreOpener.password(for: settings()) == nil)
+        // Outside systemd a credential aftercare_<file> is read from the credentials folder given.
+        try "by-hand".write(toFile: folder + "/db", atomically: true, encoding: .utf8)
+        #expect(
+            try StoreOpener.password(for: settings(credential: "aftercare_db"), credentials: folder, environment: [:])
+                == "by-hand")
+        #expect(
+            try StoreOpener.password(
+                for: settings(credential: "aftercare_db"), credentials: folder + "/elsewhere",
+                environment: ["CREDENTIALS_DIRECTORY": folder]) == "from-systemd",
+            "under systemd the credential itself is read")
     }
 
     @Test("a missing, empty or unreadable source, or a credential outside systemd, is one clear line")

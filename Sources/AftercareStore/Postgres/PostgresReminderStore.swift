@@ -29,29 +29,11 @@ public final class PostgresReminderStore: ReminderQueue {
         self.settings = settings
         self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         location = settings.url
-        var tlsConfiguration: TLSConfiguration?
-        if settings.tls == .verifyFull {
-            var verified = TLSConfiguration.makeClientConfiguration()
-            verified.certificateVerification = .fullVerification
-            if let caFile = settings.caFile { verified.trustRoots = .file(caFile) }
-            tlsConfiguration = verified
-        }
+        let tlsConfiguration = Self.tlsConfiguration(settings)
         // One connection first, on its own: a wrong password, an untrusted certificate or a server
         // that is not there is reported at once, in its own words, where the pool would retry
         // quietly for a minute and then say only that its circuit breaker tripped.
-        do {
-            let probe = try await PostgresConnection.connect(
-                on: PostgresClient.defaultEventLoopGroup.any(),
-                configuration: PostgresConnection.Configuration(
-                    host: settings.host, port: settings.port, username: settings.user, password: password,
-                    database: settings.database,
-                    tls: try tlsConfiguration.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable),
-                id: 0, logger: self.logger
-            ).get()
-            try await probe.close()
-        } catch {
-            throw StoreError("cannot connect to \(settings.url): \(Self.describe(error))")
-        }
+        try await Self.connect(settings, password: password, logger: self.logger).close()
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: password,
             database: settings.database, tls: tlsConfiguration.map { .require($0) } ?? .disable)
@@ -75,9 +57,59 @@ public final class PostgresReminderStore: ReminderQueue {
 
     deinit { runner.cancel() }
 
+    static func tlsConfiguration(_ settings: PostgresSettings) -> TLSConfiguration? {
+        guard settings.tls == .verifyFull else { return nil }
+        var verified = TLSConfiguration.makeClientConfiguration()
+        verified.certificateVerification = .fullVerification
+        if let caFile = settings.caFile { verified.trustRoots = .file(caFile) }
+        return verified
+    }
+
+    /// One connection outside the pool; its errors are one line naming the server.
+    static func connect(_ settings: PostgresSettings, password: String?, logger: Logger) async throws
+        -> PostgresConnection
+    {
+        do {
+            return try await PostgresConnection.connect(
+                on: PostgresClient.defaultEventLoopGroup.any(),
+                configuration: PostgresConnection.Configuration(
+                    host: settings.host, port: settings.port, username: settings.user, password: password,
+                    database: settings.database,
+                    tls: try tlsConfiguration(settings).map { .require(try NIOSSLContext(configuration: $0)) }
+                        ?? .disable),
+                id: 0, logger: logger
+            ).get()
+        } catch {
+            throw StoreError("cannot connect to \(settings.url): \(describe(error))")
+        }
+    }
+
+    /// Connects once, as `aftercare config check` does: the schema version the database holds, or
+    /// nil when no daemon has set it up yet. Throws the reason it cannot connect.
+    public static func check(_ settings: PostgresSettings, password: String?) async throws -> Int? {
+        let quiet = Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        let connection = try await connect(settings, password: password, logger: quiet)
+        do {
+            let version = try await schemaVersion(connection)
+            try await connection.close()
+            return version
+        } catch {
+            try? await connection.close()
+            throw StoreError("cannot read \(settings.url): \(describe(error))")
+        }
+    }
+
     public func close() async {
         runner.cancel()
         await runner.value
+    }
+
+    /// The schema version the database holds, or nil before any daemon set it up.
+    static func schemaVersion(_ connection: PostgresConnection) async throws -> Int? {
+        guard try await connection.value(Bool.self, "SELECT to_regclass('aftercare_schema') IS NOT NULL") == true else {
+            return nil
+        }
+        return try await connection.value(Int.self, "SELECT version FROM aftercare_schema")
     }
 
     /// One line for any PostgreSQL error, without the query's values.
@@ -91,17 +123,20 @@ public final class PostgresReminderStore: ReminderQueue {
             if let message = error.serverInfo?[.message] {
                 return message + (error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? "")
             }
-            if let underlying = error.underlying { return "\(error.code): \(underlying)" }
+            if let underlying = error.underlying {
+                let text = "\(underlying)"
+                if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                    return "the server's TLS certificate is not signed by a trusted CA (ca_file) or does not name the host"
+                }
+                return "\(error.code): \(text)"
+            }
             return "\(error.code)"
         }
         return "\(error)"
     }
 
     private func checkSchema() async throws {
-        let version = try await read { connection in
-            try await connection.value(
-                Int.self, "SELECT version FROM aftercare_schema WHERE to_regclass('aftercare_schema') IS NOT NULL")
-        }
+        let version = try await read { connection in try await Self.schemaVersion(connection) }
         guard let version else {
             throw StoreError("the database has not been set up by the daemon yet")
         }
