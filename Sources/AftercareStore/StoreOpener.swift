@@ -43,8 +43,7 @@ public enum StoreOpener {
             throw StoreError("cannot read the database password from \(file): \(describeReadError(file))")
         }
         let text = String(decoding: data, as: UTF8.self)
-        let password = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first
-            .map { String($0).trimmingCharacters(in: CharacterSet(charactersIn: "\r")) } ?? ""
+        let password = text.components(separatedBy: .newlines).first ?? ""
         guard !password.isEmpty else { throw StoreError("the database password file \(file) is empty") }
         return password
     }
