@@ -124,14 +124,21 @@ class Fleet:
         self.exits = []  # (name, exit code, seconds into the run, during the database outage)
         self.outage = None  # (start, end or None), monotonic
         self.last_start = {name: 0.0 for name in daemons}
+        self.log_offset = {name: 0 for name in daemons}
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self):
-        for name, daemon in self.daemons.items():
-            daemon.start()
-            self.last_start[name] = time.monotonic()
+        for name in self.daemons:
+            self._start(name)
         self.thread.start()
+
+    def _start(self, name):
+        daemon = self.daemons[name]
+        self.log_offset[name] = len(daemon.log_bytes())
+        daemon.start()
+        daemon.noted = False
+        self.last_start[name] = time.monotonic()
 
     def in_outage(self, moment):
         if self.outage is None:
@@ -154,9 +161,7 @@ class Fleet:
                         self.campaign.log(f"{name} exited by itself with {daemon.exit_code()}"
                                           + (" (database down)" if self.in_outage(now) else ""))
                     if now - self.last_start[name] >= RESTART_PAUSE:
-                        daemon.start()
-                        daemon.noted = False
-                        self.last_start[name] = now
+                        self._start(name)
             time.sleep(0.1)
 
     def kill9_and_restart(self, name):
@@ -164,9 +169,7 @@ class Fleet:
             daemon = self.daemons[name]
             was_alive = daemon.alive()
             daemon.kill9()
-            daemon.start()
-            daemon.noted = False
-            self.last_start[name] = time.monotonic()
+            self._start(name)
         return was_alive
 
     def halt(self):
@@ -304,6 +307,9 @@ connections = 4
     fleet.halt()
     campaign.check("every daemon alive at the end", all(d.alive() for d in daemons.values()),
                    ", ".join(f"{n} exited with {d.exit_code()}" for n, d in daemons.items() if not d.alive()))
+    not_ready = [f"{name}: {daemon.log_path}" for name, daemon in daemons.items()
+                 if b"aftercare ready" not in daemon.log_bytes()[fleet.log_offset[name]:]]
+    campaign.check("every daemon's last start came up ready", not not_ready, "", items=not_ready)
     own_exits = [exit for exit in fleet.exits if not exit[3]]
     outage_exits = [exit for exit in fleet.exits if exit[3]]
     campaign.check("no daemon exited by itself outside the database outage (each exit restarted)", not own_exits,
