@@ -407,6 +407,11 @@ connections = 4
             slow.append(name)
         daemon.stop_hard()
     campaign.check("SIGTERM stops every daemon", not slow, f"still running 15 s after SIGTERM: {slow}" if slow else "")
+    problems = [f"{name}: {problem}" for name, daemon in daemons.items()
+                for problem in common.journal_problems(daemon.log_bytes())]
+    errors = sum(daemon.log_bytes().count(b" error ") for daemon in daemons.values())
+    campaign.check("every daemon's log is one clean event per line", not problems,
+                   f"{errors} error event(s) in all, each ridden out" if not problems else "", items=problems)
     ok, text = common.audit_verify(campaign.args.bin, configs[names[0]])
     campaign.check("audit verify on the shared database", ok, common.printable(text, 300))
     recovered = int(pg.query("SELECT count(*) FROM delivery_log WHERE event = 'recovered'")[0][0])
@@ -417,6 +422,7 @@ connections = 4
     campaign.figure("kills", f"{kills} of a daemon ({kill_modes['holding claims']} while it held leases), "
                     f"{sum(d.starts for d in daemons.values())} daemon starts in all")
     campaign.figure("db restart", f"1 kill -9 of the postmaster, back after {db_down_for:.1f} s")
+    campaign.figure("error events in the daemons' logs", errors)
     campaign.figure("daemon exits of their own", f"{len(outage_exits)} during the outage, {len(own_exits)} otherwise")
     campaign.figure("claims seen per daemon", ", ".join(f"{n} {owners.get(n, 0)}" for n in names))
     campaign.figure("webhook requests", f"{receiver.total} ({receiver.aborted} cut off by a kill)")
