@@ -146,6 +146,7 @@ let package = Package(
             name: "AftercareStoreTests",
             dependencies: [
                 "AftercareStore", "AftercareCore", "AftercareTestKit", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -181,7 +182,7 @@ let package = Package(
         ),
         .testTarget(
             name: "AftercareCLITests",
-            dependencies: ["AftercareCore"],
+            dependencies: ["AftercareCore", "AftercareTestKit"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -24,7 +24,7 @@ struct Workbench {
     ///   - extraProtocols: more protocol files (their TOML text) to load beside it.
     init(
         name: String, outbox: String? = nil, senders: String? = nil, channels: String? = nil, dispatch: String = "",
-        laterSteps: Bool = false, extraProtocols: [String] = []
+        laterSteps: Bool = false, extraProtocols: [String] = [], store: String = ""
     ) throws {
         root = NSTemporaryDirectory() + "aftercare-bench-\(name)-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -71,6 +71,7 @@ struct Workbench {
 
             [dispatch]
             \(dispatch)
+            \(store.isEmpty ? "" : "\n[store]\n" + store)
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         try Spool(root: state + "/spool").prepare()

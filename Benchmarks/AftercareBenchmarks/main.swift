@@ -16,13 +16,13 @@
 import Foundation
 
 let arguments = Array(CommandLine.arguments.dropFirst())
-let known: Set<String> = ["all", "ingest", "memory", "startup", "lateness", "delivery", "audit", "peers"]
+let known: Set<String> = ["all", "ingest", "memory", "startup", "lateness", "delivery", "audit", "peers", "cluster"]
 if arguments.contains("--help") || arguments.contains("-h") {
     print(
         """
-        usage: aftercare-bench [all|delivery|peers|ingest|audit|startup|lateness|memory]...
+        usage: aftercare-bench [all|delivery|peers|ingest|audit|startup|lateness|memory|cluster]...
                                [--messages N] [--peer-count N] [--procedures N] [--rows N] [--reminders N]
-                               [--rate N] [--seconds N]
+                               [--rate N] [--seconds N] [--cluster-messages N]
         """)
     exit(0)
 }
@@ -59,7 +59,7 @@ func part(_ name: String, _ body: () async throws -> Void) async {
 
 let started = ContinuousClock.now
 var receiver: Receiver?
-if ["delivery", "peers", "memory", "startup", "lateness"].contains(where: wants) {
+if ["delivery", "peers", "memory", "startup", "lateness", "cluster"].contains(where: wants) {
     do {
         receiver = try Receiver()
     } catch {
@@ -113,6 +113,25 @@ if wants("peers"), let receiver {
             figures.append(Figure(
                 name: "\(name): \(count.grouped) signed webhooks to the same nginx, each attempt committed",
                 target: "peer", measured: "\(Int(rate).grouped)/s\(ratio)", met: nil))
+        }
+    }
+}
+
+if wants("cluster"), let receiver {
+    await part("cluster") {
+        let server = try ClusterBenchmark.Server()
+        defer { server.stop() }
+        let bench = ClusterBenchmark(messages: option("cluster-messages", default: 50_000), receiver: receiver)
+        var single: Double?
+        for daemons in [1, 2] {
+            let result = try await bench.run(daemons: daemons, server: server)
+            if daemons == 1 { single = result.rate }
+            let scale = single.map { daemons > 1 ? String(format: " = %.2f × one daemon", result.rate / $0) : "" } ?? ""
+            figures.append(Figure(
+                name: "PostgreSQL store: \(daemons) daemon(s) on one database, \(bench.messages.grouped) signed webhooks "
+                    + "to the same nginx, every attempt committed",
+                target: "report", measured: "\(Int(result.rate).grouped)/s\(scale); \(result.duplicates) repeated ids",
+                met: nil))
         }
     }
 }

@@ -71,7 +71,7 @@ extension ReminderStore {
         }
     }
 
-    private static func hours(_ seconds: TimeInterval) -> String {
+    static func hours(_ seconds: TimeInterval) -> String {
         seconds.truncatingRemainder(dividingBy: 3600) == 0 ? "\(Int(seconds / 3600)) h" : "\(Int(seconds / 60)) min"
     }
 }

@@ -44,6 +44,35 @@ public struct IntakeBatchFile: Sendable {
     }
 }
 
+/// What an intake file changed, counted for its one-line summary (both engines).
+struct IntakeCounts {
+    var procedures = 0
+    var duplicates = 0
+    var reminders = 0
+    var expired = 0
+    var cancelled = 0
+    var replanned = 0
+    var replayed = 0
+    var booked = 0
+    var moved = 0
+    var performed = 0
+    var updated = 0
+
+    var summary: String {
+        var parts: [String] = []
+        if procedures > 0 { parts.append("\(procedures) procedure(s) planned: \(reminders) reminder(s), \(expired) expired") }
+        if duplicates > 0 { parts.append("\(duplicates) already known") }
+        if cancelled > 0 { parts.append("\(cancelled) reminder(s) cancelled") }
+        if replanned > 0 { parts.append("\(replanned) reminder(s) re-planned") }
+        if replayed > 0 { parts.append("\(replayed) reminder(s) replayed") }
+        if booked > 0 { parts.append("\(booked) appointment(s) booked") }
+        if moved > 0 { parts.append("\(moved) appointment(s) moved") }
+        if performed > 0 { parts.append("\(performed) appointment(s) performed: \(reminders) reminder(s) planned") }
+        if updated > 0 { parts.append("\(updated) procedure(s) updated") }
+        return parts.isEmpty ? "nothing to change" : parts.joined(separator: "; ")
+    }
+}
+
 /// What became of one intake file.
 public enum IntakeFileOutcome: Sendable, Hashable {
     /// Every request in it is now durable. `summary` is one line for the daemon's log.
@@ -97,34 +126,6 @@ extension ReminderStore {
                 outcomes.append(outcome)
             }
             return outcomes
-        }
-    }
-
-    private struct IntakeCounts {
-        var procedures = 0
-        var duplicates = 0
-        var reminders = 0
-        var expired = 0
-        var cancelled = 0
-        var replanned = 0
-        var replayed = 0
-        var booked = 0
-        var moved = 0
-        var performed = 0
-        var updated = 0
-
-        var summary: String {
-            var parts: [String] = []
-            if procedures > 0 { parts.append("\(procedures) procedure(s) planned: \(reminders) reminder(s), \(expired) expired") }
-            if duplicates > 0 { parts.append("\(duplicates) already known") }
-            if cancelled > 0 { parts.append("\(cancelled) reminder(s) cancelled") }
-            if replanned > 0 { parts.append("\(replanned) reminder(s) re-planned") }
-            if replayed > 0 { parts.append("\(replayed) reminder(s) replayed") }
-            if booked > 0 { parts.append("\(booked) appointment(s) booked") }
-            if moved > 0 { parts.append("\(moved) appointment(s) moved") }
-            if performed > 0 { parts.append("\(performed) appointment(s) performed: \(reminders) reminder(s) planned") }
-            if updated > 0 { parts.append("\(updated) procedure(s) updated") }
-            return parts.isEmpty ? "nothing to change" : parts.joined(separator: "; ")
         }
     }
 
@@ -595,7 +596,7 @@ extension ReminderStore {
             db, sql: "SELECT status FROM procedure WHERE id = CAST(? AS TEXT)", arguments: [exact(id)]) ?? "unknown"
     }
 
-    private static func planOrThrow(_ procedure: Procedure, now: Date, plan: PlanFunction) throws -> [PlannedReminder] {
+    static func planOrThrow(_ procedure: Procedure, now: Date, plan: PlanFunction) throws -> [PlannedReminder] {
         switch plan(procedure, now) {
         case .success(let reminders): return reminders
         case .failure(var error):

@@ -167,20 +167,16 @@ extension ReminderStore {
 
     /// Where the chain starts: the first kept row and the hash before it from the latest checkpoint,
     /// or row 1 after the genesis hash.
-    static func chainStart(_ db: Database) throws -> (seq: Int64, previous: String, checkpoint: LogCheckpoint?) {
+    static func chainStart(_ db: Database) throws -> ChainStart {
         guard let row = try Row.fetchOne(
             db,
             sql: """
                 SELECT seq, at, CAST(actor AS BLOB) AS actor, CAST(detail AS BLOB) AS detail FROM delivery_log
                 WHERE event = 'checkpoint' ORDER BY seq DESC LIMIT 1
-                """),
-            let found = checkpointAnchor(row.text("detail") ?? "")
-        else { return (1, LogChain.genesis, nil) }
-        let checkpoint = LogCheckpoint(
-            seq: row["seq"], firstKept: found.seq, previousHash: found.previous,
-            pruned: prunedRange(row.text("detail") ?? ""), at: Date(timeIntervalSince1970: row["at"]),
-            actor: row.text("actor"))
-        return (found.seq, found.previous, checkpoint)
+                """)
+        else { return .genesis }
+        return ChainStart(
+            checkpointSeq: row["seq"], at: row["at"], actor: row.text("actor"), detail: row.text("detail"))
     }
 
     static let logColumns = """
@@ -193,17 +189,8 @@ extension ReminderStore {
         """
 
     static func walkChain(_ db: Database, anchor: LogAnchor?, hashesCheckedThrough: Int64? = nil) throws -> ChainReport {
-        let start = try chainStart(db)
-        var previous = start.previous
-        var expectedSeq = start.seq
-        let checkpoint = start.checkpoint
-        func broken(_ seq: Int64, _ reason: String) -> ChainReport {
-            ChainReport(verdict: .broken(seq: seq, reason: reason), checkpoint: checkpoint, anchoredSeq: nil)
-        }
-        var count = 0
-        var anchoredSeq: Int64?
+        var walker = ChainWalker(try chainStart(db), anchor: anchor)
         // The walk reads SQLite's columns directly (see ChainRowHasher), byte for byte as stored.
-        var previousBytes = [UInt8](Data(hexString: previous) ?? Data(count: 32))
         var hasher = ChainRowHasher()
         // Rows whose hashes were checked already are read as seq and hash only.
         let checked = hashesCheckedThrough ?? 0
@@ -229,78 +216,21 @@ extension ReminderStore {
             guard code == SQLITE_ROW else {
                 throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
             }
-            let seq = sqlite3_column_int64(raw, 0)
-            if seq < expectedSeq, count == 0 {
-                return broken(seq, "row \(seq) precedes the checkpoint's first kept row \(expectedSeq)")
-            }
-            if seq != expectedSeq {
-                return broken(
-                    expectedSeq,
-                    count == 0
-                        ? "row \(expectedSeq) is missing (the log starts at row \(seq))"
-                        : "row \(expectedSeq) is missing (next row is \(seq))"
-                )
-            }
-            let stored: [UInt8]
+            let broken: ChainReport?
             if hashing {
-                let digest = hasher.hash(raw, previous: previousBytes)
-                // A column of a type the appender never writes is an edit, whatever its value.
-                guard !hasher.foreignType, let found = ChainRowHasher.storedHash(raw), digest.elementsEqual(found) else {
-                    return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
+                broken = walker.take(sqlite3_column_int64(raw, 0)) { previous in
+                    let digest = hasher.hash(raw, previous: previous)
+                    // A column of a type the appender never writes is an edit, whatever its value.
+                    guard !hasher.foreignType, let found = ChainRowHasher.storedHash(raw), digest.elementsEqual(found)
+                    else { return nil }
+                    return found
                 }
-                stored = found
             } else {
-                guard let found = ChainRowHasher.storedHash(raw, column: 1) else {
-                    return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
-                }
-                stored = found
+                broken = walker.take(sqlite3_column_int64(raw, 0)) { _ in ChainRowHasher.storedHash(raw, column: 1) }
             }
-            if let anchor {
-                let storedText = Hex.encode(stored)
-                if anchor.seq == seq, storedText != anchor.hash {
-                    return broken(seq, "row \(seq) is not the anchored row: its hash is \(storedText), not \(anchor.hash)")
-                }
-                if anchor.seq == nil || anchor.seq == seq, storedText == anchor.hash { anchoredSeq = seq }
-            }
-            previousBytes = stored
-            expectedSeq = seq + 1
-            count += 1
+            if let broken { return broken }
         }
-        previous = count == 0 ? previous : Hex.encode(previousBytes)
-        if let anchor {
-            guard let anchoredSeq else {
-                return broken(
-                    anchor.seq ?? expectedSeq,
-                    "the anchored head \(anchor) is not in the chain "
-                        + "(pruned, truncated or rewritten since it was kept)")
-            }
-            if let checkpoint, checkpoint.seq > anchoredSeq {
-                return broken(
-                    checkpoint.seq,
-                    "\(checkpoint.summary) was written after the anchored row \(anchoredSeq): history the anchor "
-                        + "vouched for is gone; if you ran that prune, anchor the head it printed instead")
-            }
-        }
-        return ChainReport(
-            verdict: .intact(rows: count, head: previous), checkpoint: checkpoint, anchoredSeq: anchoredSeq)
-    }
-
-    /// The first kept row and the hash before it, from a checkpoint's detail text.
-    static func checkpointAnchor(_ detail: String) -> (seq: Int64, previous: String)? {
-        guard let resumes = detail.range(of: "chain resumes at row ") else { return nil }
-        let rest = detail[resumes.upperBound...].split(separator: " ")
-        guard rest.count == 4, let seq = Int64(rest[0]), rest[1] == "after", rest[2] == "hash" else { return nil }
-        return (seq, String(rest[3]))
-    }
-
-    /// "pruned rows 1-700 (…" → 1...700.
-    static func prunedRange(_ detail: String) -> ClosedRange<Int64>? {
-        guard detail.hasPrefix("pruned rows ") else { return nil }
-        let bounds = detail.dropFirst("pruned rows ".count).prefix { $0 != " " }.split(separator: "-")
-        guard bounds.count == 2, let low = Int64(bounds[0]), let high = Int64(bounds[1]), low <= high else {
-            return nil
-        }
-        return low...high
+        return walker.finish()
     }
 
     /// A row selected with ``logColumns``.
@@ -323,5 +253,136 @@ extension Row {
     /// so text that must round-trip exactly is selected `CAST(column AS BLOB)` and decoded here.
     func text(_ column: String) -> String? {
         (self[column] as Data?).map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+/// Where the chain starts: the first kept row and the hash it follows, as the newest checkpoint row
+/// says, or row 1 after the genesis hash.
+struct ChainStart: Sendable {
+    var seq: Int64
+    var previous: String
+    var checkpoint: LogCheckpoint?
+
+    static let genesis = ChainStart(seq: 1, previous: LogChain.genesis, checkpoint: nil)
+
+    init(seq: Int64, previous: String, checkpoint: LogCheckpoint?) {
+        self.seq = seq
+        self.previous = previous
+        self.checkpoint = checkpoint
+    }
+
+    /// From the newest checkpoint row; the genesis start if its text names no first kept row.
+    init(checkpointSeq: Int64, at: Double, actor: String?, detail: String?) {
+        guard let found = Self.checkpointAnchor(detail ?? "") else {
+            self = .genesis
+            return
+        }
+        let checkpoint = LogCheckpoint(
+            seq: checkpointSeq, firstKept: found.seq, previousHash: found.previous,
+            pruned: Self.prunedRange(detail ?? ""), at: Date(timeIntervalSince1970: at), actor: actor)
+        self.init(seq: found.seq, previous: found.previous, checkpoint: checkpoint)
+    }
+
+    /// The first kept row and the hash before it, from a checkpoint's detail text.
+    static func checkpointAnchor(_ detail: String) -> (seq: Int64, previous: String)? {
+        guard let resumes = detail.range(of: "chain resumes at row ") else { return nil }
+        let rest = detail[resumes.upperBound...].split(separator: " ")
+        guard rest.count == 4, let seq = Int64(rest[0]), rest[1] == "after", rest[2] == "hash" else { return nil }
+        return (seq, String(rest[3]))
+    }
+
+    /// "pruned rows 1-700 (…" → 1...700.
+    static func prunedRange(_ detail: String) -> ClosedRange<Int64>? {
+        guard detail.hasPrefix("pruned rows ") else { return nil }
+        let bounds = detail.dropFirst("pruned rows ".count).prefix { $0 != " " }.split(separator: "-")
+        guard bounds.count == 2, let low = Int64(bounds[0]), let high = Int64(bounds[1]), low <= high else {
+            return nil
+        }
+        return low...high
+    }
+}
+
+/// The chain's rules, whichever engine reads the rows: fed every row from the chain's start in seq
+/// order, it decides where the chain breaks (a missing row, a row before the checkpoint, a row that
+/// does not match its hash, an anchor that does not hold) and words the report. How a row's hash is
+/// recomputed is the engine's: ``take(_:_:)`` asks for it with the hash the row must follow.
+struct ChainWalker {
+    private let anchor: LogAnchor?
+    private let checkpoint: LogCheckpoint?
+    private let startPrevious: String
+    private var expectedSeq: Int64
+    /// The hash the next row follows, as bytes.
+    private var previous: [UInt8]
+    private var count = 0
+    private var anchoredSeq: Int64?
+
+    init(_ start: ChainStart, anchor: LogAnchor?) {
+        self.anchor = anchor
+        checkpoint = start.checkpoint
+        startPrevious = start.previous
+        expectedSeq = start.seq
+        previous = [UInt8](Data(hexString: start.previous) ?? Data(count: 32))
+    }
+
+    /// The last row taken and its hash (before any row: the row before the start and the hash it
+    /// left, as the checkpoint names it).
+    var last: (seq: Int64, hash: String) {
+        (expectedSeq - 1, count == 0 ? startPrevious : Hex.encode(previous))
+    }
+
+    /// Takes the next row. `verify` gets the hash the row must follow and returns the row's stored
+    /// hash (32 bytes) if the row matches it, `nil` if not. Returns the report if the chain breaks here.
+    @inline(__always)
+    mutating func take(_ seq: Int64, _ verify: (_ previous: [UInt8]) -> [UInt8]?) -> ChainReport? {
+        if seq < expectedSeq, count == 0 {
+            return broken(seq, "row \(seq) precedes the checkpoint's first kept row \(expectedSeq)")
+        }
+        if seq != expectedSeq {
+            return broken(
+                expectedSeq,
+                count == 0
+                    ? "row \(expectedSeq) is missing (the log starts at row \(seq))"
+                    : "row \(expectedSeq) is missing (next row is \(seq))"
+            )
+        }
+        guard let stored = verify(previous) else {
+            return broken(seq, "row \(seq) does not match its hash (edited, reordered or replaced)")
+        }
+        if let anchor {
+            let storedText = Hex.encode(stored)
+            if anchor.seq == seq, storedText != anchor.hash {
+                return broken(seq, "row \(seq) is not the anchored row: its hash is \(storedText), not \(anchor.hash)")
+            }
+            if anchor.seq == nil || anchor.seq == seq, storedText == anchor.hash { anchoredSeq = seq }
+        }
+        previous = stored
+        expectedSeq = seq + 1
+        count += 1
+        return nil
+    }
+
+    /// The report once every row was taken: intact, unless an anchor was given and does not hold.
+    func finish() -> ChainReport {
+        if let anchor {
+            guard let anchoredSeq else {
+                return broken(
+                    anchor.seq ?? expectedSeq,
+                    "the anchored head \(anchor) is not in the chain "
+                        + "(pruned, truncated or rewritten since it was kept)")
+            }
+            if let checkpoint, checkpoint.seq > anchoredSeq {
+                return broken(
+                    checkpoint.seq,
+                    "\(checkpoint.summary) was written after the anchored row \(anchoredSeq): history the anchor "
+                        + "vouched for is gone; if you ran that prune, anchor the head it printed instead")
+            }
+        }
+        return ChainReport(
+            verdict: .intact(rows: count, head: last.hash), checkpoint: checkpoint, anchoredSeq: anchoredSeq)
+    }
+
+    /// A broken report at `seq`, with the checkpoint the walk started from.
+    func broken(_ seq: Int64, _ reason: String) -> ChainReport {
+        ChainReport(verdict: .broken(seq: seq, reason: reason), checkpoint: checkpoint, anchoredSeq: nil)
     }
 }

@@ -6,14 +6,17 @@ import Testing
 @Suite("Appointments, performed-time rules and contact corrections in the store")
 struct AppointmentStoreTests {
     static let hour: TimeInterval = 3600
+    let stores = TestStores()
 
-    private func events(_ store: ReminderStore, _ procedureID: String? = nil) async throws -> [LogEvent] {
+    private func events(_ store: any ReminderQueue, _ procedureID: String? = nil) async throws -> [LogEvent] {
         try await store.auditLog(AuditFilter(procedureID: procedureID)).map(\.entry.event)
     }
 
-    @Test("a booked appointment has no reminders until performed; then they are planned from the actual time")
-    func bookThenPerform() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "a booked appointment has no reminders until performed; then they are planned from the actual time",
+        arguments: StoreKind.allCases)
+    func bookThenPerform(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let planned = Fixture.base.addingTimeInterval(3 * 86400)
         let booking = Fixture.procedure("A-1", at: planned)
         let outcome = try await store.ingest([Fixture.file("b.json", [.book(booking)])], now: Fixture.base, plan: Fixture.plan)
@@ -47,9 +50,11 @@ struct AppointmentStoreTests {
         #expect(try await store.procedure("A-1")?.0.status == "active")
     }
 
-    @Test("an appointment never confirmed is closed as not performed after 12 h, logged, and never planned")
-    func unconfirmedIsClosed() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "an appointment never confirmed is closed as not performed after 12 h, logged, and never planned",
+        arguments: StoreKind.allCases)
+    func unconfirmedIsClosed(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let planned = Fixture.base.addingTimeInterval(2 * Self.hour)
         _ = try await store.ingest(
             [Fixture.file("b.json", [.book(Fixture.procedure("A-2", at: planned))])], now: Fixture.base, plan: Fixture.plan)
@@ -74,9 +79,9 @@ struct AppointmentStoreTests {
         #expect(error.problem.contains("aftercare performed"))
     }
 
-    @Test("a performed time more than 5 minutes ahead is refused and points to booking")
-    func futurePerformedRefused() async throws {
-        let store = try ReminderStore()
+    @Test("a performed time more than 5 minutes ahead is refused and points to booking", arguments: StoreKind.allCases)
+    func futurePerformedRefused(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let ahead = Fixture.base.addingTimeInterval(301)
         let outcome = try await store.ingest(
             [Fixture.file("f.json", [.procedure(Fixture.procedure("P-f", at: ahead))])], now: Fixture.base,
@@ -91,9 +96,11 @@ struct AppointmentStoreTests {
         guard case .applied = near[0] else { Issue.record("refused: \(near)"); return }
     }
 
-    @Test("a performed time so far back that nothing would be sent is refused unless forced")
-    func nothingToSendNeedsForce() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "a performed time so far back that nothing would be sent is refused unless forced",
+        arguments: StoreKind.allCases)
+    func nothingToSendNeedsForce(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let old = Fixture.base.addingTimeInterval(-365 * 86400)
         let refused = try await store.ingest(
             [Fixture.file("o.json", [.procedure(Fixture.procedure("P-o", at: old))])], now: Fixture.base,
@@ -108,9 +115,11 @@ struct AppointmentStoreTests {
         #expect(reminders.allSatisfy { $0.state == .expired })
     }
 
-    @Test("an appointment can be moved; a performed procedure cannot; a booked one can be cancelled with a log row")
-    func moveAndCancel() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "an appointment can be moved; a performed procedure cannot; a booked one can be cancelled with a log row",
+        arguments: StoreKind.allCases)
+    func moveAndCancel(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let planned = Fixture.base.addingTimeInterval(86400)
         _ = try await store.ingest(
             [Fixture.file("b.json", [.book(Fixture.procedure("A-3", at: planned))]),
@@ -143,9 +152,11 @@ struct AppointmentStoreTests {
         guard case .rejected = late[0] else { Issue.record("a cancelled appointment was performed"); return }
     }
 
-    @Test("an update reaches every open procedure of the patient, masked in the log; opt-out stops pending sends")
-    func updateAndOptOut() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "an update reaches every open procedure of the patient, masked in the log; opt-out stops pending sends",
+        arguments: StoreKind.allCases)
+    func updateAndOptOut(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         _ = try await store.ingest(
             [Fixture.file("a.json", [.procedure(Fixture.procedure("P-1")), .procedure(Fixture.procedure("P-2")),
                                      .procedure(Fixture.procedure("P-other", patient: "MRN-2"))])],
@@ -185,9 +196,11 @@ struct AppointmentStoreTests {
         #expect(error.problem.contains("no 'portal' route"))
     }
 
-    @Test("replay takes an expired reminder whose window is still open, not one whose window closed")
-    func replayExpiredWithOpenWindow() async throws {
-        let store = try ReminderStore()
+    @Test(
+        "replay takes an expired reminder whose window is still open, not one whose window closed",
+        arguments: StoreKind.allCases)
+    func replayExpiredWithOpenWindow(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60)
         let reminder = try #require(claimed.first)

@@ -6,18 +6,14 @@ import Testing
 
 @Suite("What the log proves: exact text, honest prunes, anchors, the words sent, late deliveries")
 struct AuditIntegrityTests {
-    let folder = TemporaryFolder()
-    var databasePath: String { folder.path + "/aftercare.sqlite" }
+    let stores = TestStores()
+    var databasePath: String { stores.sqlitePath }
 
-    func makeStore() throws -> ReminderStore { try ReminderStore(path: databasePath) }
+    func makeStore(_ kind: StoreKind = .sqlite) async throws -> any ReminderQueue { try await stores.open(kind) }
 
-    /// Runs SQL behind the store's back, as someone with the file would (guard triggers dropped).
-    func sql(_ statements: String) async throws {
-        let queue = try DatabaseQueue(path: databasePath)
-        try await queue.write { db in
-            try db.execute(sql: "DROP TRIGGER IF EXISTS delivery_log_no_update; DROP TRIGGER IF EXISTS delivery_log_no_delete")
-            try db.execute(sql: statements)
-        }
+    /// Runs SQL behind the store's back, as someone with the database would (see ``TestStores/tamper(_:_:)``).
+    func sql(_ statements: String, _ kind: StoreKind = .sqlite) async throws {
+        try await stores.tamper(kind, statements)
     }
 
     func delivered(_ message: SentMessage? = nil) -> Resolution {
@@ -32,7 +28,7 @@ struct AuditIntegrityTests {
 
     @Test("NUL and control characters in every text field are stored, read back and verified exactly")
     func hostileTextRoundTrips() async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         let text = Self.hostile
         let entry = LogEntry(
             at: Fixture.base, event: .rejected, procedureID: text + "p", patientID: text + "m", stepID: text + "s",
@@ -48,7 +44,7 @@ struct AuditIntegrityTests {
 
     @Test("a cancel naming 'A<NUL>b' is refused and leaves procedure 'A' alone; the chain still verifies")
     func nulIdDoesNotMatchAnotherProcedure() async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("A"))])], now: Fixture.base, plan: Fixture.plan)
         let outcome = try await store.ingest(
             [Fixture.file("c.json", [.cancel(procedureID: "A\u{0}b", reason: nil)])], now: Fixture.base, plan: Fixture.plan)
@@ -72,7 +68,7 @@ struct AuditIntegrityTests {
 
     @Test("a procedure with control characters in its ids goes through claim, record and cancel exactly")
     func hostileIdsThroughTheLifecycle() async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         let id = Self.hostile
         _ = try await store.ingest(
             [Fixture.file("a.json", [.procedure(Fixture.procedure(id, patient: "MRN\u{0}\u{1B}")), .procedure(Fixture.procedure("A"))])],
@@ -99,8 +95,8 @@ struct AuditIntegrityTests {
 
     /// Ten procedures, the first reminder of each delivered, then everything cancelled: a log of
     /// settled work over two days.
-    func settledStore() async throws -> ReminderStore {
-        let store = try makeStore()
+    func settledStore(_ kind: StoreKind = .sqlite) async throws -> any ReminderQueue {
+        let store = try await makeStore(kind)
         for index in 0..<10 {
             _ = try await store.ingest(
                 [Fixture.file("f\(index).json", [.procedure(Fixture.procedure("P-\(index)"))])], now: Fixture.base,
@@ -114,10 +110,12 @@ struct AuditIntegrityTests {
         return store
     }
 
-    @Test("prune over a broken chain is refused, removes nothing, and the chain stays broken")
-    func pruneRefusesBrokenChain() async throws {
-        let store = try await settledStore()
-        try await sql("UPDATE delivery_log SET detail = 'edited' WHERE seq = 3")
+    @Test(
+        "prune over a broken chain is refused, removes nothing, and the chain stays broken",
+        arguments: StoreKind.allCases)
+    func pruneRefusesBrokenChain(kind: StoreKind) async throws {
+        let store = try await settledStore(kind)
+        try await sql("UPDATE delivery_log SET detail = 'edited' WHERE seq = 3", kind)
         let rowsBefore = try await store.auditLog(AuditFilter()).count
         await #expect {
             try await store.pruneLog(
@@ -129,9 +127,11 @@ struct AuditIntegrityTests {
         #expect(try await store.verifyLog() == .broken(seq: 3, reason: "row 3 does not match its hash (edited, reordered or replaced)"))
     }
 
-    @Test("a cut-off in the future is refused; rows of procedures with pending reminders are kept")
-    func pruneIsBounded() async throws {
-        let store = try await settledStore()
+    @Test(
+        "a cut-off in the future is refused; rows of procedures with pending reminders are kept",
+        arguments: StoreKind.allCases)
+    func pruneIsBounded(kind: StoreKind) async throws {
+        let store = try await settledStore(kind)
         let now = Fixture.base.addingTimeInterval(5 * 86400)
         let rowsBefore = try await store.auditLog(AuditFilter()).count
         await #expect {
@@ -157,9 +157,11 @@ struct AuditIntegrityTests {
         }
     }
 
-    @Test("a forged checkpoint after deleting rows fails against an anchor and is shown without one")
-    func forgedCheckpoint() async throws {
-        let store = try await settledStore()
+    @Test(
+        "a forged checkpoint after deleting rows fails against an anchor and is shown without one",
+        arguments: StoreKind.allCases)
+    func forgedCheckpoint(kind: StoreKind) async throws {
+        let store = try await settledStore(kind)
         let anchor = try #require(try await store.logHead())
         let anchorText = "\(anchor.seq):\(anchor.hash)"
         let held = try await store.verifyLog(anchor: try LogAnchor(parsing: anchorText))
@@ -178,7 +180,7 @@ struct AuditIntegrityTests {
             DELETE FROM delivery_log WHERE seq <= \(cut);
             INSERT INTO delivery_log (seq, at, event, actor, detail, hash)
             VALUES (\(seq), \(forged.at.timeIntervalSince1970), 'checkpoint', 'root', '\(forged.detail!)', '\(hash)');
-            """)
+            """, kind)
         let anchored = try await store.verifyLog(anchor: try LogAnchor(parsing: anchorText))
         guard case .broken(let brokenAt, let reason) = anchored.verdict else {
             Issue.record("a checkpoint after the anchor must not pass: \(anchored)")
@@ -200,9 +202,11 @@ struct AuditIntegrityTests {
         #expect(plain.checkpoint?.summary == "checkpoint at row \(seq) (rows 1-\(cut) pruned on \(Timestamp.format(forged.at, in: .gmt)) by root)")
     }
 
-    @Test("after a legitimate prune an anchor to a pruned row fails, and the printed new head holds")
-    func anchorToPrunedRow() async throws {
-        let store = try await settledStore()
+    @Test(
+        "after a legitimate prune an anchor to a pruned row fails, and the printed new head holds",
+        arguments: StoreKind.allCases)
+    func anchorToPrunedRow(kind: StoreKind) async throws {
+        let store = try await settledStore(kind)
         let rows = try await store.auditLog(AuditFilter())
         let old = try #require(rows.first { $0.seq == 5 })
         let oldHead = try #require(try await store.logHead())
@@ -257,9 +261,11 @@ struct AuditIntegrityTests {
             ])
     }
 
-    @Test("attempts under two protocol versions name each version and print their exact words; tampering is caught")
-    func messagesAndProtocolVersions() async throws {
-        let store = try makeStore()
+    @Test(
+        "attempts under two protocol versions name each version and print their exact words; tampering is caught",
+        arguments: StoreKind.allCases)
+    func messagesAndProtocolVersions(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         for id in ["P-1", "P-2"] {
             _ = try await store.ingest([Fixture.file("\(id).json", [.procedure(Fixture.procedure(id))])], now: Fixture.base, plan: Fixture.plan)
         }
@@ -270,7 +276,8 @@ struct AuditIntegrityTests {
         let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
             .filter { $0.stepID == "ice" }.sorted { $0.procedure.id < $1.procedure.id }
         let texts = [
-            SentMessage(subject: "Aftercare", body: "Ice it Ana.\u{0}", protocolVersion: first),
+            // PostgreSQL text cannot hold a NUL (it is stored as U+FFFD there, and the words then do not match).
+            SentMessage(subject: "Aftercare", body: "Ice it Ana." + (kind == .sqlite ? "\u{0}" : ""), protocolVersion: first),
             SentMessage(subject: "Aftercare", body: "Ice it for 10 minutes, Ana.", protocolVersion: second),
         ]
         try await store.record(
@@ -291,19 +298,17 @@ struct AuditIntegrityTests {
         #expect(shown.map(\.body) == [texts[0].body, texts[1].body, texts[1].body])
         #expect(shown.allSatisfy { $0.textMatches && $0.protocolMatches && $0.subject == "Aftercare" })
         #expect(shown[0].protocolVersion == first)
-        let counts = try await DatabaseQueue(path: databasePath).read { db in
-            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM message"), try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM protocol_version"))
-        }
-        #expect(counts.0 == 2 && counts.1 == 2)
+        #expect(try await stores.scalar(kind, "SELECT COUNT(*) FROM message") == "2")
+        #expect(try await stores.scalar(kind, "SELECT COUNT(*) FROM protocol_version") == "2")
         guard case .intact = try await store.verifyLog() else {
             Issue.record("chain should verify")
             return
         }
         // Changing the message row or the attempt row's hash is caught (the latter by the chain).
-        try await sql("UPDATE message SET body = 'Take two aspirin.' WHERE hash = '\(texts[1].hash)'")
+        try await sql("UPDATE message SET body = 'Take two aspirin.' WHERE hash = '\(texts[1].hash)'", kind)
         #expect(try await store.attemptMessage(seq: attempts[1].seq).textMatches == false)
         #expect(try await store.attemptMessage(seq: attempts[0].seq).textMatches)
-        try await sql("UPDATE delivery_log SET message_hash = '\(texts[0].hash)' WHERE seq = \(attempts[1].seq)")
+        try await sql("UPDATE delivery_log SET message_hash = '\(texts[0].hash)' WHERE seq = \(attempts[1].seq)", kind)
         #expect(try await store.verifyLog() == .broken(
             seq: attempts[1].seq, reason: "row \(attempts[1].seq) does not match its hash (edited, reordered or replaced)"))
         await #expect(throws: StoreError.self) { try await store.attemptMessage(seq: 1) }
@@ -326,7 +331,7 @@ struct AuditIntegrityTests {
             DELETE FROM grdb_migrations WHERE identifier = 'v2';
             PRAGMA user_version = 1;
             """)
-        let reopened = try makeStore()
+        let reopened = try await makeStore()
         let head = try #require(try await reopened.logHead())
         #expect(try await reopened.verifyLog() == .intact(rows: Int(head.seq), head: head.hash))
         let version = try await DatabaseQueue(path: databasePath).read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") }
@@ -335,14 +340,16 @@ struct AuditIntegrityTests {
 
     // MARK: Defect 6: a delivery is the truth about the patient
 
-    func oneClaim(_ store: ReminderStore) async throws -> ClaimedReminder {
+    func oneClaim(_ store: any ReminderQueue) async throws -> ClaimedReminder {
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         return try #require(try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60).first)
     }
 
-    @Test("claim, cancel, delivered: the reminder is delivered, show and status say so, the log says why")
-    func deliveredAfterCancel() async throws {
-        let store = try makeStore()
+    @Test(
+        "claim, cancel, delivered: the reminder is delivered, show and status say so, the log says why",
+        arguments: StoreKind.allCases)
+    func deliveredAfterCancel(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let claim = try await oneClaim(store)
         _ = try await store.ingest([Fixture.file("c.json", [.cancel(procedureID: "P-1", reason: "declined")])], now: Fixture.base, plan: Fixture.plan)
         let fenced = try await store.record([(claim, delivered())], now: Fixture.base.addingTimeInterval(1))
@@ -357,9 +364,9 @@ struct AuditIntegrityTests {
         #expect(attempt.entry.detail == "HTTP 204; delivered after cancel request: the message was already under way")
     }
 
-    @Test("claim, cancel, failed: the cancel stands")
-    func failureAfterCancel() async throws {
-        let store = try makeStore()
+    @Test("claim, cancel, failed: the cancel stands", arguments: StoreKind.allCases)
+    func failureAfterCancel(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let claim = try await oneClaim(store)
         _ = try await store.ingest([Fixture.file("c.json", [.cancel(procedureID: "P-1", reason: nil)])], now: Fixture.base, plan: Fixture.plan)
         let fenced = try await store.record(
@@ -370,9 +377,11 @@ struct AuditIntegrityTests {
         #expect(reminders[0].state == .cancelled)
     }
 
-    @Test("claim, lease lapses and is recovered, delivered: delivered, and not sent again")
-    func deliveredAfterLapse() async throws {
-        let store = try makeStore()
+    @Test(
+        "claim, lease lapses and is recovered, delivered: delivered, and not sent again",
+        arguments: StoreKind.allCases)
+    func deliveredAfterLapse(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let claim = try await oneClaim(store)
         let later = Fixture.base.addingTimeInterval(120)
         #expect(try await store.recoverClaims(now: later) == 1)
@@ -385,9 +394,11 @@ struct AuditIntegrityTests {
         #expect(attempt.entry.detail?.hasSuffix("delivered after its lease lapsed: marked delivered, not sent again") == true)
     }
 
-    @Test("claimed again after a lapse, the first claim's delivery wins and the second's failure does not undo it")
-    func deliveredAfterReclaim() async throws {
-        let store = try makeStore()
+    @Test(
+        "claimed again after a lapse, the first claim's delivery wins and the second's failure does not undo it",
+        arguments: StoreKind.allCases)
+    func deliveredAfterReclaim(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let first = try await oneClaim(store)
         let later = Fixture.base.addingTimeInterval(120)
         try await store.recoverClaims(now: later)

@@ -6,12 +6,12 @@ import Testing
 
 @Suite("The tamper-evident delivery log")
 struct DeliveryLogTests {
-    let folder = TemporaryFolder()
-    var databasePath: String { folder.path + "/aftercare.sqlite" }
+    let stores = TestStores()
+    var databasePath: String { stores.sqlitePath }
 
     /// A log of a few thousand mixed events: ingests, deliveries, retries, dead, cancels, expiries.
-    func busyStore() async throws -> ReminderStore {
-        let store = try ReminderStore(path: databasePath)
+    func busyStore(_ kind: StoreKind = .sqlite) async throws -> any ReminderQueue {
+        let store = try await stores.open(kind)
         var files: [IntakeBatchFile] = []
         for index in 0..<400 {
             files.append(Fixture.file("f\(index).json", [.procedure(Fixture.procedure("P-\(index)", patient: "MRN-\(index % 37)"))]))
@@ -39,17 +39,13 @@ struct DeliveryLogTests {
         return store
     }
 
-    func sql(_ statements: String) async throws {
-        let queue = try DatabaseQueue(path: databasePath)
-        try await queue.write { db in
-            try db.execute(sql: "DROP TRIGGER IF EXISTS delivery_log_no_update; DROP TRIGGER IF EXISTS delivery_log_no_delete")
-            try db.execute(sql: statements)
-        }
+    func sql(_ statements: String, _ kind: StoreKind = .sqlite) async throws {
+        try await stores.tamper(kind, statements)
     }
 
-    @Test("thousands of mixed events verify, and the head is the last row's hash")
-    func longChainVerifies() async throws {
-        let store = try await busyStore()
+    @Test("thousands of mixed events verify, and the head is the last row's hash", arguments: StoreKind.allCases)
+    func longChainVerifies(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
         let verdict = try await store.verifyLog()
         let head = try #require(try await store.logHead())
         #expect(head.seq > 1500)
@@ -69,7 +65,8 @@ struct DeliveryLogTests {
                 + "WHERE attempt IS NOT NULL)",
         ])
     func halvesAgreeWithOneWalk(tampering: String) async throws {
-        let store = try await busyStore()
+        // SQLite's own fast path: checked against its plain walk.
+        let store = try #require(try await busyStore() as? ReminderStore)
         if !tampering.isEmpty { try await sql(tampering) }
         let oneWalk = try await store.verifyLog(anchor: nil, halvesFrom: .max)
         let halves = try await store.verifyLog(anchor: nil, halvesFrom: 1)
@@ -104,20 +101,21 @@ struct DeliveryLogTests {
         }
     }
 
-    @Test("an edited row is named")
-    func editedRow() async throws {
-        let store = try await busyStore()
-        try await sql("UPDATE delivery_log SET outcome = 'delivered' WHERE seq = 777")
+    @Test("an edited row is named", arguments: StoreKind.allCases)
+    func editedRow(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
+        try await sql("UPDATE delivery_log SET outcome = 'delivered' WHERE seq = 777", kind)
         #expect(try await store.verifyLog() == .broken(seq: 777, reason: "row 777 does not match its hash (edited, reordered or replaced)"))
     }
 
-    @Test("an event renamed to one aftercare does not know is caught, not read back as an attempt")
-    func unknownEventName() async throws {
-        let store = try await busyStore()
-        let seq = try #require(try await DatabaseQueue(path: databasePath).read { db in
-            try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log WHERE event = 'attempt'")
-        })
-        try await sql("UPDATE delivery_log SET event = 'nothing-happened' WHERE seq = \(seq)")
+    @Test(
+        "an event renamed to one aftercare does not know is caught, not read back as an attempt",
+        arguments: StoreKind.allCases)
+    func unknownEventName(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
+        let seq = try #require(
+            try await stores.scalar(kind, "SELECT MIN(seq) FROM delivery_log WHERE event = 'attempt'").flatMap { Int64($0) })
+        try await sql("UPDATE delivery_log SET event = 'nothing-happened' WHERE seq = \(seq)", kind)
         #expect(try await store.verifyLog() == .broken(seq: seq, reason: "row \(seq) does not match its hash (edited, reordered or replaced)"))
     }
 
@@ -131,29 +129,31 @@ struct DeliveryLogTests {
         #expect(try await store.verifyLog() == .broken(seq: seq, reason: "row \(seq) does not match its hash (edited, reordered or replaced)"))
     }
 
-    @Test("a deleted middle row is named")
-    func deletedRow() async throws {
-        let store = try await busyStore()
-        try await sql("DELETE FROM delivery_log WHERE seq = 500")
+    @Test("a deleted middle row is named", arguments: StoreKind.allCases)
+    func deletedRow(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
+        try await sql("DELETE FROM delivery_log WHERE seq = 500", kind)
         #expect(try await store.verifyLog() == .broken(seq: 500, reason: "row 500 is missing (next row is 501)"))
     }
 
-    @Test("two swapped rows are caught at the first of them")
-    func swappedRows() async throws {
-        let store = try await busyStore()
+    @Test("two swapped rows are caught at the first of them", arguments: StoreKind.allCases)
+    func swappedRows(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
         try await sql("""
             UPDATE delivery_log SET seq = -1 WHERE seq = 300;
             UPDATE delivery_log SET seq = 300 WHERE seq = 301;
             UPDATE delivery_log SET seq = 301 WHERE seq = -1;
-            """)
+            """, kind)
         #expect(try await store.verifyLog() == .broken(seq: 300, reason: "row 300 does not match its hash (edited, reordered or replaced)"))
     }
 
-    @Test("a truncated tail still verifies on its own, but the kept head is gone from it")
-    func truncatedTail() async throws {
-        let store = try await busyStore()
+    @Test(
+        "a truncated tail still verifies on its own, but the kept head is gone from it",
+        arguments: StoreKind.allCases)
+    func truncatedTail(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
         let kept = try #require(try await store.logHead())
-        try await sql("DELETE FROM delivery_log WHERE seq > \(kept.seq - 10)")
+        try await sql("DELETE FROM delivery_log WHERE seq > \(kept.seq - 10)", kind)
         guard case .intact(_, let head) = try await store.verifyLog() else {
             Issue.record("a prefix of a chain is itself a valid chain")
             return
@@ -163,9 +163,11 @@ struct DeliveryLogTests {
         #expect(!all.contains { $0.hash == kept.hash })
     }
 
-    @Test("prune removes old rows, leaves a checkpoint, and the rest verifies; removing more is caught")
-    func pruneThenVerify() async throws {
-        let store = try await busyStore()
+    @Test(
+        "prune removes old rows, leaves a checkpoint, and the rest verifies; removing more is caught",
+        arguments: StoreKind.allCases)
+    func pruneThenVerify(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
         // Settle every procedure, so no pending reminder holds the cut back.
         let settleAt = Fixture.base.addingTimeInterval(3 * 86400)
         _ = try await store.ingest(
@@ -191,13 +193,13 @@ struct DeliveryLogTests {
         #expect(result.head == LogAnchor(seq: before.seq + 1, hash: head))
         // Deleting the first kept row as well is detected.
         let first = try #require(remaining.first?.seq)
-        try await sql("DELETE FROM delivery_log WHERE seq = \(first)")
+        try await sql("DELETE FROM delivery_log WHERE seq = \(first)", kind)
         #expect(try await store.verifyLog() == .broken(seq: first, reason: "row \(first) is missing (the log starts at row \(first + 1))"))
     }
 
-    @Test("filters select by patient, procedure, step, outcome, channel and time")
-    func filters() async throws {
-        let store = try await busyStore()
+    @Test("filters select by patient, procedure, step, outcome, channel and time", arguments: StoreKind.allCases)
+    func filters(kind: StoreKind) async throws {
+        let store = try await busyStore(kind)
         let patient = try await store.auditLog(AuditFilter(patientID: "MRN-5"))
         #expect(!patient.isEmpty && patient.allSatisfy { $0.entry.patientID == "MRN-5" })
         let procedure = try await store.auditLog(AuditFilter(procedureID: "P-3"))
@@ -250,17 +252,36 @@ struct DeliveryLogTests {
         #expect(!table.contains("jane"))
     }
 
-    @Test("a state change cannot land without its log row: a failing log insert undoes the change")
-    func noChangeWithoutItsRow() async throws {
-        let store = try ReminderStore(path: databasePath)
+    @Test(
+        "a state change cannot land without its log row: a failing log insert undoes the change",
+        arguments: StoreKind.allCases)
+    func noChangeWithoutItsRow(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60)
         let rowsBefore = try await store.auditLog(AuditFilter()).count
-        // Make every attempt row fail to insert, as a full disk or a crash at that point would.
-        try await sql("""
-            CREATE TRIGGER refuse_attempts BEFORE INSERT ON delivery_log WHEN NEW.event = 'attempt'
-            BEGIN SELECT RAISE(ABORT, 'simulated failure writing the log row'); END;
-            """)
+        /// A trigger refusing log rows of one event, as a full disk or a crash at that point would.
+        func refuse(_ event: String) async throws {
+            switch kind {
+            case .sqlite:
+                try await sql("""
+                    CREATE TRIGGER refuse_\(event) BEFORE INSERT ON delivery_log WHEN NEW.event = '\(event)'
+                    BEGIN SELECT RAISE(ABORT, 'simulated failure writing the log row'); END;
+                    """)
+            case .postgres:
+                try await sql(
+                    """
+                    CREATE FUNCTION refuse_\(event)() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN
+                        IF NEW.event = '\(event)' THEN RAISE EXCEPTION 'simulated failure writing the log row'; END IF;
+                        RETURN NEW;
+                    END $$;
+                    CREATE TRIGGER refuse_\(event) BEFORE INSERT ON delivery_log
+                    FOR EACH ROW EXECUTE FUNCTION refuse_\(event)()
+                    """, kind)
+            }
+        }
+        try await refuse("attempt")
         await #expect(throws: (any Error).self) {
             try await store.record(
                 [(claimed[0], .attempted(ReminderStoreTests.attempt(.delivered(detail: "ok")), next: .delivered))],
@@ -270,10 +291,7 @@ struct DeliveryLogTests {
         #expect(reminders[0].state == .claimed)
         #expect(try await store.auditLog(AuditFilter()).count == rowsBefore)
         // And the other way round: an ingest whose log row fails leaves no procedure behind.
-        try await sql("""
-            CREATE TRIGGER refuse_ingests BEFORE INSERT ON delivery_log WHEN NEW.event = 'ingested'
-            BEGIN SELECT RAISE(ABORT, 'simulated failure writing the log row'); END;
-            """)
+        try await refuse("ingested")
         await #expect(throws: (any Error).self) {
             try await store.ingest([Fixture.file("b.json", [.procedure(Fixture.procedure("P-2"))])], now: Fixture.base, plan: Fixture.plan)
         }

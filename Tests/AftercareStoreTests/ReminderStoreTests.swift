@@ -4,16 +4,16 @@ import Foundation
 import GRDB
 import Testing
 
-@Suite("Reminder store on a real SQLite file")
+@Suite("Reminder store on a real SQLite file and a real PostgreSQL database")
 struct ReminderStoreTests {
-    let folder = TemporaryFolder()
-    var databasePath: String { folder.path + "/aftercare.sqlite" }
+    let stores = TestStores()
+    var databasePath: String { stores.sqlitePath }
 
-    func makeStore() throws -> ReminderStore { try ReminderStore(path: databasePath) }
+    func makeStore(_ kind: StoreKind = .sqlite) async throws -> any ReminderQueue { try await stores.open(kind) }
 
-    @Test("the same procedure ingested twice is one procedure with one plan")
-    func ingestIsIdempotent() async throws {
-        let store = try makeStore()
+    @Test("the same procedure ingested twice is one procedure with one plan", arguments: StoreKind.allCases)
+    func ingestIsIdempotent(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let procedure = Fixture.procedure("P-1")
         let first = try await store.ingest([Fixture.file("a.json", [.procedure(procedure)])], now: Fixture.base, plan: Fixture.plan)
         let second = try await store.ingest([Fixture.file("b.json", [.procedure(procedure)])], now: Fixture.base, plan: Fixture.plan)
@@ -28,9 +28,9 @@ struct ReminderStoreTests {
         #expect(status.count(.scheduled) == 3)
     }
 
-    @Test("a different procedure under a known id is refused and changes nothing")
-    func conflictingProcedureIsRejected() async throws {
-        let store = try makeStore()
+    @Test("a different procedure under a known id is refused and changes nothing", arguments: StoreKind.allCases)
+    func conflictingProcedureIsRejected(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         var changed = Fixture.procedure("P-1")
         changed.performedAt = Fixture.base.addingTimeInterval(3600)
@@ -45,9 +45,9 @@ struct ReminderStoreTests {
         #expect(view.procedure.performedAt == Fixture.base)
     }
 
-    @Test("one bad file in a batch is refused alone; the others are applied whole")
-    func badFileIsIsolated() async throws {
-        let store = try makeStore()
+    @Test("one bad file in a batch is refused alone; the others are applied whole", arguments: StoreKind.allCases)
+    func badFileIsIsolated(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let files = [
             Fixture.file("good-1.json", [.procedure(Fixture.procedure("P-1")), .procedure(Fixture.procedure("P-2"))]),
             // Its second request fails, so its first must not be applied either.
@@ -70,9 +70,9 @@ struct ReminderStoreTests {
         #expect(verdict == .intact(rows: 4, head: expectedHead))
     }
 
-    @Test("a procedure entered after its first window closed plans that step as expired")
-    func lateEntryExpiresStaleSteps() async throws {
-        let store = try makeStore()
+    @Test("a procedure entered after its first window closed plans that step as expired", arguments: StoreKind.allCases)
+    func lateEntryExpiresStaleSteps(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         let now = Fixture.base.addingTimeInterval(25 * 3600)
         _ = try await store.ingest([Fixture.file("late.json", [.procedure(Fixture.procedure("P-1"))])], now: now, plan: Fixture.plan)
         let (_, reminders) = try #require(try await store.procedure("P-1"))
@@ -82,9 +82,9 @@ struct ReminderStoreTests {
         #expect(claimed.map(\.stepID) == ["checkin-24h"])
     }
 
-    @Test("cancel stops every pending reminder in one go and leaves sent ones sent")
-    func cancelStopsPendingOnly() async throws {
-        let store = try makeStore()
+    @Test("cancel stops every pending reminder in one go and leaves sent ones sent", arguments: StoreKind.allCases)
+    func cancelStopsPendingOnly(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
         #expect(claimed.map(\.stepID) == ["ice"])
@@ -99,9 +99,9 @@ struct ReminderStoreTests {
         #expect(try await store.claimDue(now: Fixture.base.addingTimeInterval(3 * 86400), limit: 10, leaseSeconds: 60).isEmpty)
     }
 
-    @Test("reschedule moves pending reminders and leaves delivered ones alone")
-    func rescheduleReplansPending() async throws {
-        let store = try makeStore()
+    @Test("reschedule moves pending reminders and leaves delivered ones alone", arguments: StoreKind.allCases)
+    func rescheduleReplansPending(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
         try await store.record([(claimed[0], .attempted(Self.attempt(.delivered(detail: "ok")), next: .delivered))], now: Fixture.base)
@@ -118,9 +118,11 @@ struct ReminderStoreTests {
         #expect(reminders[2].dueAt == corrected.addingTimeInterval(172_800))
     }
 
-    @Test("a completion after the lease was lost is logged but does not overwrite the new holder's state")
-    func completionIsFencedByLeaseToken() async throws {
-        let store = try makeStore()
+    @Test(
+        "a completion after the lease was lost is logged but does not overwrite the new holder's state",
+        arguments: StoreKind.allCases)
+    func completionIsFencedByLeaseToken(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let first = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 30)
         // The first holder stalls past its lease; the claim comes back and is taken again.
@@ -140,9 +142,9 @@ struct ReminderStoreTests {
         #expect(after[0].attempts == 1)
     }
 
-    @Test("a retry goes back to the queue at its new time with the attempt counted")
-    func retryReschedules() async throws {
-        let store = try makeStore()
+    @Test("a retry goes back to the queue at its new time with the attempt counted", arguments: StoreKind.allCases)
+    func retryReschedules(kind: StoreKind) async throws {
+        let store = try await makeStore(kind)
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 30)
         let retryAt = Fixture.base.addingTimeInterval(60)
@@ -157,21 +159,21 @@ struct ReminderStoreTests {
         #expect(status.count(.claimed) == 1)
     }
 
-    @Test("a daemon starting up takes back every claim a crashed run held")
-    func startupRecoversAllClaims() async throws {
+    @Test("a daemon starting up takes back every claim a crashed run held", arguments: StoreKind.allCases)
+    func startupRecoversAllClaims(kind: StoreKind) async throws {
         do {
-            let store = try makeStore()
+            let store = try await makeStore(kind)
             _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
             _ = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 3600)
         }
-        let reopened = try makeStore()
+        let reopened = try await makeStore(kind)
         #expect(try await reopened.recoverClaims(now: Fixture.base, all: true) == 1)
         #expect(try await reopened.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60).map(\.stepID) == ["ice"])
     }
 
     @Test("the delivery log refuses edits and deletes")
     func logIsAppendOnly() async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
         let queue = try DatabaseQueue(path: databasePath)
         #expect(throws: DatabaseError.self) { try queue.write { try $0.execute(sql: "UPDATE delivery_log SET detail = 'x'") } }
@@ -180,7 +182,7 @@ struct ReminderStoreTests {
 
     @Test("the chain verifies after mixed events and names an edited row")
     func chainDetectsEdits() async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         for index in 0..<20 {
             _ = try await store.ingest(
                 [Fixture.file("f\(index).json", [.procedure(Fixture.procedure("P-\(index)"))])], now: Fixture.base,
@@ -212,18 +214,21 @@ struct ReminderStoreTests {
         )
     }
 
-    func head(_ store: ReminderStore) async throws -> String {
-        try await DatabaseQueue(path: databasePath).read { db in
-            try String.fetchOne(db, sql: "SELECT hash FROM delivery_log ORDER BY seq DESC LIMIT 1") ?? ""
-        }
+    /// The last row's hash, as the rows themselves hold it.
+    func head(_ store: any ReminderQueue) async throws -> String {
+        try await store.auditLog(AuditFilter()).last?.hash ?? ""
     }
 }
 
 @Suite("Replay by reminder id")
 struct ReplayByReminderIDTests {
-    @Test("a procedure id with dots: the step is what follows the last dot, and the dead reminder comes back")
-    func dottedProcedureID() async throws {
-        let store = try ReminderStore(inMemory: ())
+    let stores = TestStores()
+
+    @Test(
+        "a procedure id with dots: the step is what follows the last dot, and the dead reminder comes back",
+        arguments: StoreKind.allCases)
+    func dottedProcedureID(kind: StoreKind) async throws {
+        let store = try await stores.open(kind)
         let now = Fixture.base
         _ = try await store.ingest([Fixture.file("a.json", [.procedure(Fixture.procedure("P.1"))])], now: now, plan: Fixture.plan)
         let claimed = try await store.claimDue(now: now, limit: 10, leaseSeconds: 60)
@@ -237,5 +242,87 @@ struct ReplayByReminderIDTests {
         }
         let (_, reminders) = try #require(try await store.procedure("P.1"))
         #expect(reminders.first { $0.stepID == "ice" }?.state == .scheduled)
+    }
+}
+
+@Suite("Several daemons on one PostgreSQL queue")
+struct SharedQueueTests {
+    let stores = TestStores()
+
+    @Test("a daemon starting up takes back its own earlier claims, never another live daemon's; a lapsed lease is anyone's")
+    func startupTakesOnlyItsOwn() async throws {
+        let north = try await stores.open(.postgres, node: "north")
+        let south = try await stores.open(.postgres, node: "south")
+        _ = try await north.ingest(
+            [Fixture.file("a.json", [.procedure(Fixture.procedure("P-1")), .procedure(Fixture.procedure("P-2"))])],
+            now: Fixture.base, plan: Fixture.plan)
+        let northClaim = try await north.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 3600)
+        let southClaim = try await south.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 3600)
+        #expect(northClaim.count == 1 && southClaim.count == 1)
+        #expect(northClaim[0].reminderID != southClaim[0].reminderID)
+        // North died and comes back: its claim returns at once; south's stays with south.
+        let restarted = try await stores.open(.postgres, node: "north")
+        #expect(try await restarted.recoverClaims(now: Fixture.base, all: true) == 1)
+        let status = try await restarted.status(now: Fixture.base)
+        #expect(status.count(.claimed) == 1)
+        let recovered = try await restarted.auditLog(AuditFilter()).filter { $0.entry.event == .recovered }
+        #expect(recovered.map(\.entry.procedureID) == [northClaim[0].procedure.id])
+        #expect(recovered.first?.entry.detail?.contains("north") == true)
+        // South's lease lapses: any daemon returns it.
+        #expect(try await restarted.recoverClaims(now: Fixture.base.addingTimeInterval(3601)) == 1)
+        let again = try await restarted.claimDue(now: Fixture.base.addingTimeInterval(3601), limit: 10, leaseSeconds: 60)
+        #expect(Set(again.map(\.reminderID)) == Set((northClaim + southClaim).map(\.reminderID)))
+        guard case .intact = try await restarted.verifyLog() else {
+            Issue.record("the shared chain does not verify")
+            return
+        }
+    }
+
+    @Test("two daemons claiming at the same moments never hold the same reminder, and together take every one")
+    func concurrentClaimsAreDisjoint() async throws {
+        let first = try await stores.open(.postgres, node: "one")
+        let second = try await stores.open(.postgres, node: "two")
+        let procedures = (0..<150).map { IntakeRequest.procedure(Fixture.procedure("P-\($0)"), force: false) }
+        _ = try await first.ingest([Fixture.file("a.json", procedures)], now: Fixture.base, plan: Fixture.plan)
+        func drain(_ store: any ReminderQueue) async throws -> [String] {
+            var taken: [String] = []
+            while true {
+                let batch = try await store.claimDue(now: Fixture.base, limit: 7, leaseSeconds: 60)
+                if batch.isEmpty { return taken }
+                taken += batch.map(\.reminderID)
+                // Leaves the other daemon room to claim between batches, as a real pipeline's sends do.
+                try await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        async let one = drain(first)
+        async let two = drain(second)
+        let (a, b) = try await (one, two)
+        #expect(Set(a).isDisjoint(with: Set(b)))
+        #expect(a.count + b.count == 150, "every due reminder (the ice step of each) claimed once")
+        #expect(Set(a + b).count == 150)
+        #expect(!a.isEmpty && !b.isEmpty, "both daemons took work")
+    }
+
+    @Test("a NUL byte, which PostgreSQL text cannot hold, never stalls recording: it is kept as U+FFFD and flagged")
+    func nulDoesNotStallRecording() async throws {
+        let store = try await stores.open(.postgres)
+        _ = try await store.ingest(
+            [Fixture.file("a.json", [.procedure(Fixture.procedure("P-1"))])], now: Fixture.base, plan: Fixture.plan)
+        let claimed = try #require(try await store.claimDue(now: Fixture.base, limit: 1, leaseSeconds: 60).first)
+        var attempt = ReminderStoreTests.attempt(.delivered(detail: "HTTP 204 \u{0}ok"))
+        attempt.message = SentMessage(
+            subject: "Aftercare", body: "Ice it\u{0}.",
+            protocolVersion: ProtocolVersion(protocolID: "trigger-point-injection", content: "body"))
+        try await store.record([(claimed, .attempted(attempt, next: .delivered))], now: Fixture.base)
+        #expect(try await store.procedure("P-1")?.1[0].state == .delivered)
+        let row = try #require(try await store.auditLog(AuditFilter(outcome: "delivered")).first)
+        #expect(row.entry.detail == "HTTP 204 \u{FFFD}ok")
+        let shown = try await store.attemptMessage(seq: row.seq)
+        #expect(shown.body == "Ice it\u{FFFD}.")
+        #expect(!shown.textMatches, "the stored words are not the words sent, and show says so")
+        guard case .intact = try await store.verifyLog() else {
+            Issue.record("the chain does not verify")
+            return
+        }
     }
 }

@@ -74,7 +74,7 @@ extension PostgresReminderStore {
                 binds.append(change.state.rawValue)
                 binds.append(change.dueAt.seconds)
                 binds.append(Int32(clamping: change.attempts))
-                binds.append(change.lastError)
+                binds.append(change.lastError.map(PostgresLog.storable))
                 binds.append(change.failedRoutesText)
             }
             let applied = Set(
@@ -158,7 +158,8 @@ extension PostgresReminderStore {
         for (hash, message) in texts.sorted(by: { $0.key < $1.key }) {
             try await connection.run(
                 """
-                INSERT INTO message (hash, subject, body) VALUES (\(hash), \(message.subject), \(message.body))
+                INSERT INTO message (hash, subject, body)
+                VALUES (\(hash), \(PostgresLog.storable(message.subject)), \(PostgresLog.storable(message.body)))
                 ON CONFLICT (hash) DO NOTHING
                 """)
         }
@@ -169,7 +170,7 @@ extension PostgresReminderStore {
             try await connection.run(
                 """
                 INSERT INTO protocol_version (hash, protocol_id, content, first_seen_at)
-                VALUES (\(version.hash), \(version.protocolID), \(version.content), \(now.seconds))
+                VALUES (\(version.hash), \(version.protocolID), \(PostgresLog.storable(version.content)), \(now.seconds))
                 ON CONFLICT (hash) DO NOTHING
                 """)
         }

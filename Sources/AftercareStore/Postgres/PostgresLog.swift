@@ -22,13 +22,44 @@ enum PostgresLog {
         guard var (seq, previous) = head.first else { throw StoreError("the log's head row is missing") }
         var records: [LogRecord] = []
         records.reserveCapacity(entries.count)
-        for entry in entries {
+        for var entry in entries {
+            storable(&entry)
+            // Times at the microsecond and latency at the microsecond too, as SQLite stores them and
+            // the chain hashes them, so both engines hold the same values.
+            entry.at = LogAppender.roundMicros(entry.at)!
+            entry.startedAt = LogAppender.roundMicros(entry.startedAt)
+            entry.endedAt = LogAppender.roundMicros(entry.endedAt)
+            entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
             seq += 1
             previous = LogChain.hash(previous: previous, seq: seq, entry)
             records.append(LogRecord(seq: seq, entry: entry, hash: previous))
         }
         try await insert(records, on: connection)
         try await connection.run("UPDATE log_head SET seq = \(seq), hash = \(previous) WHERE id = 1")
+    }
+
+    /// PostgreSQL text cannot hold a NUL byte. Every way in already refuses or escapes control
+    /// characters, so none should arrive; if one does, it is written as U+FFFD before the row is
+    /// hashed (so the row verifies as stored) rather than failing the write, which would stall
+    /// delivery.
+    static func storable(_ entry: inout LogEntry) {
+        func clean(_ text: inout String?) { text = text.map(storable) }
+        clean(&entry.procedureID)
+        clean(&entry.patientID)
+        clean(&entry.stepID)
+        clean(&entry.channel)
+        clean(&entry.sender)
+        clean(&entry.destination)
+        clean(&entry.outcome)
+        clean(&entry.error)
+        clean(&entry.actor)
+        clean(&entry.detail)
+        clean(&entry.protocolVersion)
+        clean(&entry.messageHash)
+    }
+
+    static func storable(_ text: String) -> String {
+        text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
     }
 
     /// Inserts rows as they are (their seqs and hashes already chained).

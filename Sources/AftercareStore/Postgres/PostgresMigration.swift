@@ -70,7 +70,8 @@ extension ReminderStore {
             if let head {
                 try await connection.run("UPDATE log_head SET seq = \(head.seq), hash = \(head.hash) WHERE id = 1")
             }
-            let copied = try await target.verifyLog(anchor: head.map { LogAnchor(seq: $0.seq, hash: $0.hash) }, on: connection)
+            let copied = try await PostgresReminderStore.walkChain(
+                connection, anchor: head.map { LogAnchor(seq: $0.seq, hash: $0.hash) })
             guard copied.verdict.isIntact else {
                 throw StoreError("the copy does not verify (\(copied.verdict)); nothing kept")
             }

@@ -11,7 +11,7 @@ import PostgresNIO
 /// each other; a dead daemon's lapsed leases are taken over by the others. The delivery log stays
 /// one hash chain: every transaction that appends to it takes the one `log_head` row's lock last,
 /// just before it commits, so rows from concurrent writers are chained in commit order.
-public final class PostgresReminderStore: Sendable {
+public final class PostgresReminderStore: ReminderQueue {
     let client: PostgresClient
     private let runner: Task<Void, Never>
     let settings: PostgresSettings
@@ -29,21 +29,34 @@ public final class PostgresReminderStore: Sendable {
         self.settings = settings
         self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         location = settings.url
-        let tls: PostgresClient.Configuration.TLS
-        switch settings.tls {
-        case .disable:
-            tls = .disable
-        case .verifyFull:
-            var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.certificateVerification = .fullVerification
-            if let caFile = settings.caFile { configuration.trustRoots = .file(caFile) }
-            tls = .require(configuration)
+        var tlsConfiguration: TLSConfiguration?
+        if settings.tls == .verifyFull {
+            var verified = TLSConfiguration.makeClientConfiguration()
+            verified.certificateVerification = .fullVerification
+            if let caFile = settings.caFile { verified.trustRoots = .file(caFile) }
+            tlsConfiguration = verified
+        }
+        // One connection first, on its own: a wrong password, an untrusted certificate or a server
+        // that is not there is reported at once, in its own words, where the pool would retry
+        // quietly for a minute and then say only that its circuit breaker tripped.
+        do {
+            let probe = try await PostgresConnection.connect(
+                on: PostgresClient.defaultEventLoopGroup.any(),
+                configuration: PostgresConnection.Configuration(
+                    host: settings.host, port: settings.port, username: settings.user, password: password,
+                    database: settings.database,
+                    tls: try tlsConfiguration.map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable),
+                id: 0, logger: self.logger
+            ).get()
+            try await probe.close()
+        } catch {
+            throw StoreError("cannot connect to \(settings.url): \(Self.describe(error))")
         }
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: password,
-            database: settings.database, tls: tls)
-        // The certificate must name the host, an IP literal included (checked without SNI then).
-        configuration.options.tlsServerName = settings.host
+            database: settings.database, tls: tlsConfiguration.map { .require($0) } ?? .disable)
+        // postgres-nio sends a host name as SNI and NIOSSL checks the certificate names it; for an IP
+        // literal (never sent as SNI) NIOSSL checks the certificate names the peer's address instead.
         configuration.options.maximumConnections = settings.connections
         configuration.options.connectTimeout = .seconds(10)
         client = PostgresClient(configuration: configuration, backgroundLogger: self.logger)
