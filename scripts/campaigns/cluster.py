@@ -185,9 +185,8 @@ def body(campaign):
     os.chmod(workspace, 0o711)
     pg = PgServer(campaign, os.path.join(workspace, "pg"))
     pg.start()
-    # By name: the server's certificate names localhost and 127.0.0.1, and TLS sends no IP address as
-    # SNI (postgres-nio refuses a verified connection to an IP address: cannotUseIPAddressInSNI).
-    url = pg.createdb("cluster").replace("@127.0.0.1:", "@localhost:")
+    # 127.0.0.1: TLS is verified against the certificate's IP address entry, not a host name.
+    url = pg.createdb("cluster")
     campaign.log(f"PostgreSQL at {url}")
     receiver = common.Receiver(campaign, delay=(0.0, 0.1), seed=campaign.args.seed)
     protocol = os.path.join(workspace, "cluster.toml")
