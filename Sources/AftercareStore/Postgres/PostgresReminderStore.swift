@@ -32,8 +32,20 @@ public final class PostgresReminderStore: ReminderQueue {
         let tlsConfiguration = Self.tlsConfiguration(settings)
         // One connection first, on its own: a wrong password, an untrusted certificate or a server
         // that is not there is reported at once, in its own words, where the pool would retry
-        // quietly for a minute and then say only that its circuit breaker tripped.
-        try await Self.connect(settings, password: password, logger: self.logger).close()
+        // quietly for a minute and then say only that its circuit breaker tripped. It also sets up
+        // or checks the schema, so the pool is first used once its run() is well under way.
+        let probe = try await Self.connect(settings, password: password, logger: self.logger)
+        do {
+            if readOnly {
+                try await Self.checkSchema(probe)
+            } else {
+                try await PostgresSchema.migrate(probe)
+            }
+            try await probe.close()
+        } catch {
+            try? await probe.close()
+            throw StoreError("cannot open database \(settings.url): \(Self.describe(error))")
+        }
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: password,
             database: settings.database, tls: tlsConfiguration.map { .require($0) } ?? .disable)
@@ -43,16 +55,6 @@ public final class PostgresReminderStore: ReminderQueue {
         configuration.options.connectTimeout = .seconds(10)
         client = PostgresClient(configuration: configuration, backgroundLogger: self.logger)
         runner = Task { [client] in await client.run() }
-        do {
-            if readOnly {
-                try await checkSchema()
-            } else {
-                try await PostgresSchema.migrate(self)
-            }
-        } catch {
-            runner.cancel()
-            throw StoreError("cannot open database \(settings.url): \(Self.describe(error))")
-        }
     }
 
     deinit { runner.cancel() }
@@ -135,8 +137,8 @@ public final class PostgresReminderStore: ReminderQueue {
         return "\(error)"
     }
 
-    private func checkSchema() async throws {
-        let version = try await read { connection in try await Self.schemaVersion(connection) }
+    private static func checkSchema(_ connection: PostgresConnection) async throws {
+        let version = try await schemaVersion(connection)
         guard let version else {
             throw StoreError("the database has not been set up by the daemon yet")
         }

@@ -9,8 +9,9 @@ enum PostgresSchema {
 
     /// Creates or upgrades the schema, once, however many daemons start at the same moment (a
     /// transaction-scoped advisory lock).
-    static func migrate(_ store: PostgresReminderStore) async throws {
-        try await store.transaction { connection in
+    static func migrate(_ connection: PostgresConnection) async throws {
+        try await connection.run("BEGIN")
+        do {
             try await connection.run("SELECT pg_advisory_xact_lock(7261303938)")
             let exists = try await connection.value(Bool.self, "SELECT to_regclass('aftercare_schema') IS NOT NULL")
             if exists == true {
@@ -19,10 +20,14 @@ enum PostgresSchema {
                     throw StoreError(
                         "the database holds schema \(current), newer than this aftercare's \(version): upgrade aftercare")
                 }
-                return
+            } else {
+                for statement in statements { try await connection.run(PostgresQuery(unsafeSQL: statement)) }
+                try await connection.run("INSERT INTO aftercare_schema (version) VALUES (\(version))")
             }
-            for statement in statements { try await connection.run(PostgresQuery(unsafeSQL: statement)) }
-            try await connection.run("INSERT INTO aftercare_schema (version) VALUES (\(version))")
+            try await connection.run("COMMIT")
+        } catch {
+            _ = try? await connection.run("ROLLBACK")
+            throw error
         }
     }
 
