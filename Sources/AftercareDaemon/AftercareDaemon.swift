@@ -99,6 +99,7 @@ public final class AftercareDaemon: Service, Sendable {
         } catch {
             throw DaemonError("cannot prepare spool \(config.paths.spool): \(error)")
         }
+        try await store.joinQueue()
         let recovered = try await store.recoverClaims(now: clock.now(), all: true)
         if recovered > 0 { logger.notice("returned \(recovered) claimed reminder(s) from an earlier run to the queue") }
         await witnessStore(store, force: true)

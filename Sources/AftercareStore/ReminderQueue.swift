@@ -12,10 +12,11 @@ public protocol ReminderQueue: AnyObject, Sendable {
     /// Where the queue lives, for messages (a file path, or a URL without its password).
     var location: String { get }
 
-    /// Whether other daemons may share this queue. When they may, a daemon starting up returns only
-    /// its own earlier claims (``recoverClaims(now:all:)`` with `all`) and lapsed ones, never another
-    /// live daemon's.
-    var isShared: Bool { get }
+    /// Takes this daemon's place on the queue for as long as the store is open, before it returns
+    /// its earlier claims (``recoverClaims(now:all:)`` with `all`). On a shared database a second
+    /// live daemon under the same node name is refused here: its start-up recovery would take the
+    /// first one's claims while they are being sent.
+    func joinQueue() async throws
 
     // MARK: Intake
 
@@ -99,8 +100,8 @@ extension ReminderQueue {
 extension ReminderStore: ReminderQueue {
     public var location: String { path }
 
-    /// One file, one daemon: the state directory's lock keeps a second daemon out.
-    public var isShared: Bool { false }
+    /// One file, one daemon: the state directory's lock already keeps a second daemon out.
+    public func joinQueue() async throws {}
 
     /// The only daemon is the one that changes the queue, and it wakes its own pipeline.
     public func watchQueue(_ onChange: @escaping @Sendable () -> Void) async {}

@@ -278,6 +278,25 @@ struct SharedQueueTests {
         }
     }
 
+    @Test("a second live daemon under the same node name is refused; once the first is gone its name is free")
+    func nodeNameIsTakenOnce() async throws {
+        let first = try await stores.open(.postgres, node: "north")
+        let twin = try await stores.open(.postgres, node: "north")
+        let other = try await stores.open(.postgres, node: "south")
+        try await first.joinQueue()
+        try await other.joinQueue()
+        do {
+            try await twin.joinQueue()
+            Issue.record("a second daemon named north was let in")
+        } catch {
+            #expect("\(error)".contains("another daemon named 'north' is running"), "\(error)")
+        }
+        await first.close()
+        try await twin.joinQueue()
+        await twin.close()
+        await other.close()
+    }
+
     @Test("two daemons claiming at the same moments never hold the same reminder, and together take every one")
     func concurrentClaimsAreDisjoint() async throws {
         let first = try await stores.open(.postgres, node: "one")

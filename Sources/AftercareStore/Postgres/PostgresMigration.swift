@@ -28,6 +28,9 @@ extension ReminderStore {
         let head = try await logHead()
         var summary = StoreMigrationSummary()
         try await target.transaction { connection in
+            // Held to the end: a daemon started on the target meanwhile waits instead of appending.
+            try await connection.run("SELECT pg_advisory_xact_lock(7261303938)")
+            try await connection.run("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE")
             let counts = try await connection.rows(
                 """
                 SELECT (SELECT count(*) FROM procedure), (SELECT count(*) FROM delivery_log),
@@ -142,7 +145,10 @@ extension ReminderStore {
                     ("nominal_at", .double(row["nominal_at"])), ("due_at", .double(row["due_at"])),
                     ("expires_at", .double(row["expires_at"])), ("state", .text(row["state"])),
                     ("attempts", .integer(row["attempts"])), ("lease_token", .integer(row["lease_token"])),
-                    ("lease_expires_at", .double(row["lease_expires_at"])), ("last_error", .text(row.text("last_error"))),
+                    // A claim from the stopped SQLite daemon is lapsed at once, so the first daemon on
+                    // PostgreSQL returns it to the queue (and logs it) instead of waiting out the lease.
+                    ("lease_expires_at", .double(row["state"] == "claimed" ? 0 : row["lease_expires_at"])),
+                    ("last_error", .text(row.text("last_error"))),
                     ("failed_routes", .text(row.text("failed_routes"))), ("updated_at", .double(row["updated_at"])),
                 ])
         }

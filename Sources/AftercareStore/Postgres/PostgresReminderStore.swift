@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// The reminder queue in one PostgreSQL database, shared by every aftercare daemon of a clinic group.
 ///
@@ -15,9 +16,11 @@ public final class PostgresReminderStore: ReminderQueue {
     let client: PostgresClient
     private let runner: Task<Void, Never>
     let settings: PostgresSettings
+    private let password: String?
     let logger: Logger
     public let location: String
-    public var isShared: Bool { true }
+    /// The connection holding this daemon's node lock (``joinQueue()``), for as long as the store is open.
+    private let nodeLock = Mutex<PostgresConnection?>(nil)
 
     /// The channel on which daemons tell each other that work may be due sooner.
     static let queueChannel = "aftercare_queue"
@@ -27,6 +30,7 @@ public final class PostgresReminderStore: ReminderQueue {
     /// (read-only) or a newer one.
     public init(settings: PostgresSettings, password: String?, readOnly: Bool = false, logger: Logger? = nil) async throws {
         self.settings = settings
+        self.password = password
         self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         location = settings.url
         let tlsConfiguration = Self.tlsConfiguration(settings)
@@ -57,7 +61,14 @@ public final class PostgresReminderStore: ReminderQueue {
         runner = Task { [client] in await client.run() }
     }
 
-    deinit { runner.cancel() }
+    deinit {
+        // A store dropped without close(): the node lock's connection is closed all the same.
+        if let connection = nodeLock.withLock({ $0.take() }) {
+            let closing: EventLoopFuture<Void> = connection.close()
+            _ = closing
+        }
+        runner.cancel()
+    }
 
     static func tlsConfiguration(_ settings: PostgresSettings) -> TLSConfiguration? {
         guard settings.tls == .verifyFull else { return nil }
@@ -102,8 +113,35 @@ public final class PostgresReminderStore: ReminderQueue {
     }
 
     public func close() async {
+        if let connection = nodeLock.withLock({ $0.take() }) { try? await connection.close() }
         runner.cancel()
         await runner.value
+    }
+
+    /// Holds a session advisory lock named after this daemon's node on a connection of its own:
+    /// PostgreSQL releases it when that connection ends (the daemon stopped or died), so a restarted
+    /// daemon takes it again while a second live one under the same name is refused.
+    public func joinQueue() async throws {
+        let connection = try await Self.connect(settings, password: password, logger: logger)
+        let taken: Bool?
+        do {
+            taken = try await connection.value(
+                Bool.self, "SELECT pg_try_advisory_lock(7261, hashtext(\(settings.node)))")
+        } catch {
+            try? await connection.close()
+            throw StoreError("cannot take node '\(settings.node)' on \(settings.url): \(Self.describe(error))")
+        }
+        guard taken == true else {
+            try? await connection.close()
+            throw StoreError(
+                "another daemon named '\(settings.node)' is running on \(settings.url): give each daemon its own "
+                    + "[store] node")
+        }
+        let previous = nodeLock.withLock { held in
+            defer { held = connection }
+            return held
+        }
+        if let previous { try? await previous.close() }
     }
 
     /// The schema version the database holds, or nil before any daemon set it up.
@@ -150,19 +188,12 @@ public final class PostgresReminderStore: ReminderQueue {
     }
 
     /// Runs `body` in one transaction on a pooled connection. Errors are reported as one line.
+    ///
+    /// Read committed whatever the database's default: appenders wait on the log's head row and
+    /// must then see it as the transaction before them left it, not fail to serialize.
     func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await client.withConnection { connection in
-                try await connection.query("BEGIN", logger: logger)
-                do {
-                    let result = try await body(connection)
-                    try await connection.query("COMMIT", logger: logger)
-                    return result
-                } catch {
-                    _ = try? await connection.query("ROLLBACK", logger: logger)
-                    throw error
-                }
-            }
+            return try await inTransaction("BEGIN ISOLATION LEVEL READ COMMITTED", body)
         } catch let error as IntakeError {
             throw error
         } catch let error as StoreError {
@@ -175,21 +206,33 @@ public final class PostgresReminderStore: ReminderQueue {
     /// Runs a read on a pooled connection, in one snapshot (a repeatable-read, read-only transaction).
     func read<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await client.withConnection { connection in
-                try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
-                do {
-                    let result = try await body(connection)
-                    try await connection.query("COMMIT", logger: logger)
-                    return result
-                } catch {
-                    _ = try? await connection.query("ROLLBACK", logger: logger)
-                    throw error
-                }
-            }
+            return try await inTransaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body)
         } catch let error as StoreError {
             throw error
         } catch {
             throw StoreError(Self.describe(error))
+        }
+    }
+
+    /// `begin`, `body`, `COMMIT`; on any failure `ROLLBACK`. A connection whose rollback fails is
+    /// closed, so the pool never hands out one left inside a transaction.
+    private func inTransaction<T: Sendable>(
+        _ begin: PostgresQuery, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await client.withConnection { connection in
+            do {
+                try await connection.query(begin, logger: logger)
+                let result = try await body(connection)
+                try await connection.query("COMMIT", logger: logger)
+                return result
+            } catch {
+                do {
+                    try await connection.query("ROLLBACK", logger: logger)
+                } catch {
+                    try? await connection.close()
+                }
+                throw error
+            }
         }
     }
 }

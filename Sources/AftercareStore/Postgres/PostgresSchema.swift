@@ -10,7 +10,7 @@ enum PostgresSchema {
     /// Creates or upgrades the schema, once, however many daemons start at the same moment (a
     /// transaction-scoped advisory lock).
     static func migrate(_ connection: PostgresConnection) async throws {
-        try await connection.run("BEGIN")
+        try await connection.run("BEGIN ISOLATION LEVEL READ COMMITTED")
         do {
             try await connection.run("SELECT pg_advisory_xact_lock(7261303938)")
             let exists = try await connection.value(Bool.self, "SELECT to_regclass('aftercare_schema') IS NOT NULL")
