@@ -72,11 +72,16 @@ public struct QueueGauges: Service {
         var nextChainCheck = ContinuousClock.now
         while !Task.isCancelled {
             // The daemon creates the database; until it has, there is nothing to read.
+            var openProblem: String?
             if store == nil {
-                store = try? await StoreOpener.open(
-                    storeSettings, sqlitePath: paths.database, credentials: credentials, readOnly: true)
+                do {
+                    store = try await StoreOpener.open(
+                        storeSettings, sqlitePath: paths.database, credentials: credentials, readOnly: true)
+                } catch {
+                    openProblem = "\(error)"
+                }
             }
-            await refresh(store)
+            await refresh(store, openProblem: openProblem)
             if let store, ContinuousClock.now >= nextChainCheck {
                 nextChainCheck = .now + chainEvery
                 await checkChain(store)
@@ -86,12 +91,12 @@ public struct QueueGauges: Service {
     }
 
     /// Reads the queue once and sets the gauges.
-    func refresh(_ store: (any ReminderQueue)?) async {
+    func refresh(_ store: (any ReminderQueue)?, openProblem: String? = nil) async {
         let now = clock.now()
         let takenAt = ContinuousClock.now
         var snapshot = QueueSnapshot(takenAt: takenAt, wallNow: now, dueNow: 0)
         do {
-            guard let store else { throw StoreError("the store cannot be opened") }
+            guard let store else { throw StoreError(openProblem ?? "the store cannot be opened") }
             let status = try await store.status(now: now)
             for state in ReminderState.allCases { gauges.reminders[state]?.record(status.count(state)) }
             gauges.procedures.record(status.procedures)

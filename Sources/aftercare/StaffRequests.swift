@@ -95,7 +95,7 @@ func checkKnown(_ procedureID: String, config: AftercareConfiguration) async thr
     } catch {
         throw CLIError("\(error)")
     }
-    guard StaffAccess.readDenied(config.paths.database) == nil else { return nil }
+    if case .sqlite = config.store, StaffAccess.readDenied(config.paths.database) != nil { return nil }
     guard let store = try? await openStore(config) else { return nil }
     guard let found = try await store.procedure(procedureID) else {
         throw CLIError("no procedure \(procedureID)")
@@ -224,7 +224,7 @@ struct ReplayCommand: AsyncParsableCommand {
         }
         // Said here, before anything is queued: a replay that would change nothing is a mistake to
         // report, not a request for the daemon to refuse (which would leave a file in rejected/).
-        if StaffAccess.readDenied(config.paths.database) == nil,
+        if config.store != .sqlite || StaffAccess.readDenied(config.paths.database) == nil,
             let store = try? await openStore(config),
             try await store.replayable(scope, now: Date()) == 0
         {

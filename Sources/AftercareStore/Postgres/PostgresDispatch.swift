@@ -249,25 +249,37 @@ extension PostgresReminderStore {
         try await transaction { connection in try await PostgresLog.append([entry], on: connection) }
     }
 
-    /// Listens on the queue's channel on a connection of its own until the task is cancelled, calling
-    /// `onChange` for every notification, and once after each reconnection (something may have been
-    /// missed while the server was away).
+    /// Listens on the queue's channel until the task is cancelled, calling `onChange` for every
+    /// notification, and once after each (re)connection: something may have been missed while no
+    /// one listened. The listening connection is pooled (it counts against `connections`) and is
+    /// given back and taken again every ``listenRenewal``, so a connection silently cut (a lost
+    /// host, a dropped route) delays other daemons' new work by that much at most, never for good.
     public func watchQueue(_ onChange: @escaping @Sendable () -> Void) async {
         var delay = 0.25
         while !Task.isCancelled {
             do {
-                try await client.withConnection { connection in
-                    let notifications = try await connection.listen(Self.queueChannel)
-                    delay = 0.25
-                    onChange()
-                    for try await _ in notifications { onChange() }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { [client] in
+                        try await client.withConnection { connection in
+                            let notifications = try await connection.listen(Self.queueChannel)
+                            onChange()
+                            for try await _ in notifications { onChange() }
+                        }
+                    }
+                    group.addTask { try await Task.sleep(for: Self.listenRenewal) }
+                    // Whichever ends first (the renewal, or the connection failing) ends this round.
+                    try await group.next()
+                    group.cancelAll()
                 }
+                delay = 0.25
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("lost the queue's notifications: \(Self.describe(error)); listening again")
+                try? await Task.sleep(for: .seconds(delay))
+                delay = min(delay * 2, 5)
             }
-            try? await Task.sleep(for: .seconds(delay))
-            delay = min(delay * 2, 5)
         }
     }
+
+    static let listenRenewal = Duration.seconds(300)
 }

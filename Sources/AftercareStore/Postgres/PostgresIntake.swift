@@ -158,8 +158,8 @@ struct PostgresIntake {
             log.removeSubrange(logStart...)
             log.append(
                 LogEntry(
-                    at: now, event: .rejected, procedureID: error.procedureID, actor: Self.storable(file.actor),
-                    detail: Self.storable("\(file.name): \(error)")))
+                    at: now, event: .rejected, procedureID: error.procedureID, actor: PostgresLog.storable(file.actor),
+                    detail: PostgresLog.storable("\(file.name): \(error)")))
             return .rejected(error)
         }
     }
@@ -280,8 +280,8 @@ struct PostgresIntake {
             log.removeSubrange(logStart...)
             log.append(
                 LogEntry(
-                    at: now, event: .rejected, procedureID: error.procedureID, actor: Self.storable(file.actor),
-                    detail: Self.storable("\(file.name): \(error)")))
+                    at: now, event: .rejected, procedureID: error.procedureID, actor: PostgresLog.storable(file.actor),
+                    detail: PostgresLog.storable("\(file.name): \(error)")))
             return .rejected(error)
         }
     }
@@ -909,10 +909,6 @@ struct PostgresIntake {
     /// should arrive; one that does refuses its file instead of failing the whole transaction.
     static func holdsNUL(_ text: String) -> Bool { text.utf8.contains(0) }
 
-    /// `text` with any NUL replaced, for the one row that names a refused file.
-    private static func storable(_ text: String) -> String {
-        holdsNUL(text) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
-    }
 
     /// Byte order, as SQLite compares text.
     private static func byteOrder(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }

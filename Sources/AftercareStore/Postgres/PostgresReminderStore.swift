@@ -112,10 +112,17 @@ public final class PostgresReminderStore: ReminderQueue {
         }
     }
 
+    /// Closes the node lock's connection and the pool. The pool is given two seconds to hang up its
+    /// connections: a daemon stopping must not wait on a server that no longer answers.
     public func close() async {
         if let connection = nodeLock.withLock({ $0.take() }) { try? await connection.close() }
         runner.cancel()
-        await runner.value
+        await withTaskGroup(of: Void.self) { [runner] group in
+            group.addTask { await runner.value }
+            group.addTask { try? await Task.sleep(for: .seconds(2)) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     /// Holds a session advisory lock named after this daemon's node on a connection of its own:
