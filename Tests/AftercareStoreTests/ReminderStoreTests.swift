@@ -278,6 +278,36 @@ struct SharedQueueTests {
         }
     }
 
+    @Test("outcomes recorded again (a retry after the commit's reply was lost) add no row and report no lost lease")
+    func recordRetriedAfterLostReply() async throws {
+        let store = try await stores.open(.postgres)
+        _ = try await store.ingest(
+            [Fixture.file("a.json", [.procedure(Fixture.procedure("P-1")), .procedure(Fixture.procedure("P-2"))])],
+            now: Fixture.base, plan: Fixture.plan)
+        let claimed = try await store.claimDue(now: Fixture.base, limit: 10, leaseSeconds: 60)
+        #expect(claimed.count == 2)
+        let outcomes: [(ClaimedReminder, Resolution)] = [
+            (claimed[0], .attempted(ReminderStoreTests.attempt(.delivered(detail: "HTTP 204")), next: .delivered)),
+            (claimed[1], .attempted(
+                ReminderStoreTests.attempt(.retry(after: nil, reason: "HTTP 503")),
+                next: .retry(at: Fixture.base.addingTimeInterval(60)))),
+        ]
+        #expect(try await store.record(outcomes, now: Fixture.base) == 0)
+        let rows = try await store.auditLog(AuditFilter())
+        #expect(try await store.record(outcomes, now: Fixture.base.addingTimeInterval(1)) == 0)
+        #expect(try await store.auditLog(AuditFilter()) == rows, "nothing logged twice, no 'lease lost'")
+        let states = try await store.procedures(patientID: nil, pendingOnly: false, limit: 10)
+            .flatMap { $0.1.filter { $0.stepID == "ice" } }.sorted { $0.procedureID < $1.procedureID }.map(\.state)
+        #expect(states == [.delivered, .scheduled])
+        // A later claim of the retried reminder is a new claim: its outcome is recorded as usual.
+        let again = try await store.claimDue(now: Fixture.base.addingTimeInterval(60), limit: 10, leaseSeconds: 60)
+        #expect(again.map(\.procedure.id) == [claimed[1].procedure.id])
+        try await store.record(
+            [(again[0], .attempted(ReminderStoreTests.attempt(.delivered(detail: "HTTP 204")), next: .delivered))],
+            now: Fixture.base.addingTimeInterval(60))
+        #expect(try await store.auditLog(AuditFilter()).count == rows.count + 1)
+    }
+
     @Test("a second live daemon under the same node name is refused; once the first is gone its name is free")
     func nodeNameIsTakenOnce() async throws {
         let first = try await stores.open(.postgres, node: "north")

@@ -83,7 +83,7 @@ extension PostgresReminderStore {
                         unsafeSQL: """
                             UPDATE reminder r SET state = v.state, due_at = v.due_at, attempts = v.attempts,
                                 last_error = v.last_error, failed_routes = v.failed_routes, lease_token = NULL,
-                                lease_owner = NULL, lease_expires_at = NULL, updated_at = $1
+                                lease_owner = NULL, lease_expires_at = NULL, recorded_token = v.token, updated_at = $1
                             FROM (VALUES \(values.joined(separator: ", ")))
                                 AS v(procedure_id, step_id, token, state, due_at, attempts, last_error, failed_routes)
                             WHERE r.procedure_id = v.procedure_id AND r.step_id = v.step_id AND r.state = 'claimed'
@@ -93,12 +93,26 @@ extension PostgresReminderStore {
                 ) { row in Key(try row.decode((String, String).self)) }
             )
             var fenced = 0
+            var recordedBefore: Set<Int> = []
             for index in changes.indices {
                 let reminder = outcomes[index].0
                 guard !applied.contains(Key((reminder.procedure.id, reminder.stepID))) else { continue }
+                let current = try await connection.rows(
+                    """
+                    SELECT state, recorded_token FROM reminder
+                    WHERE procedure_id = \(reminder.procedure.id) AND step_id = \(reminder.stepID) FOR UPDATE
+                    """
+                ) { try $0.decode((String, Int64?).self) }.first
+                // Already recorded under this very claim: an earlier try of this write committed, but
+                // its reply was lost (the server or the network went away). Nothing to add.
+                if current?.1 == reminder.leaseToken {
+                    recordedBefore.insert(index)
+                    continue
+                }
                 if changes[index].state == .delivered, changes[index].hasAttempt,
                     let note = try await deliveredAfterLosingLease(
-                        reminder, attempts: changes[index].attempts, now: now, on: connection)
+                        reminder, current: current.flatMap { ReminderState(rawValue: $0.0) },
+                        attempts: changes[index].attempts, now: now, on: connection)
                 {
                     changes[index].noteOnAttempt(note)
                 } else {
@@ -109,7 +123,8 @@ extension PostgresReminderStore {
             if changes.contains(where: { $0.state == .scheduled }) {
                 try await PostgresLog.notifyQueue(on: connection)
             }
-            try await PostgresLog.append(changes.flatMap(\.entries), on: connection)
+            try await PostgresLog.append(
+                changes.indices.filter { !recordedBefore.contains($0) }.flatMap { changes[$0].entries }, on: connection)
             return fenced
         }
     }
@@ -124,22 +139,14 @@ extension PostgresReminderStore {
     /// A delivery whose lease was lost (see ``ReminderChange/deliveredNote(current:)``): the reminder
     /// becomes delivered unless it had settled otherwise. Returns the note for the attempt row.
     private func deliveredAfterLosingLease(
-        _ reminder: ClaimedReminder, attempts: Int, now: Date, on connection: PostgresConnection
+        _ reminder: ClaimedReminder, current: ReminderState?, attempts: Int, now: Date, on connection: PostgresConnection
     ) async throws -> String? {
-        let current = try await connection.value(
-            String.self,
-            """
-            SELECT state FROM reminder WHERE procedure_id = \(reminder.procedure.id) AND step_id = \(reminder.stepID)
-            FOR UPDATE
-            """)
-        guard let note = ReminderChange.deliveredNote(current: current.flatMap(ReminderState.init(rawValue:))) else {
-            return nil
-        }
+        guard let note = ReminderChange.deliveredNote(current: current) else { return nil }
         try await connection.run(
             """
             UPDATE reminder SET state = 'delivered', attempts = GREATEST(attempts, \(Int32(clamping: attempts))),
                 last_error = NULL, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-                updated_at = \(now.seconds)
+                recorded_token = \(reminder.leaseToken), updated_at = \(now.seconds)
             WHERE procedure_id = \(reminder.procedure.id) AND step_id = \(reminder.stepID)
                 AND state IN ('cancelled', 'scheduled', 'claimed')
             """)

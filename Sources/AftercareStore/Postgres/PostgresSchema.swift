@@ -65,6 +65,9 @@ enum PostgresSchema {
             lease_token bigint,
             lease_owner text,
             lease_expires_at double precision,
+            -- The token of the claim whose outcome was recorded last: a write retried after its
+            -- commit's reply was lost recognises itself instead of logging the outcome twice.
+            recorded_token bigint,
             last_error text,
             failed_routes text,
             updated_at double precision NOT NULL,
