@@ -280,7 +280,7 @@ extension PostgresReminderStore {
                 }
                 delay = 0.25
             } catch {
-                if Task.isCancelled { return }
+                if Task.isCancelled || closing.withLock({ $0 }) { return }
                 logger.warning("lost the queue's notifications: \(Self.describe(error)); listening again")
                 try? await Task.sleep(for: .seconds(delay))
                 delay = min(delay * 2, 5)

@@ -21,6 +21,8 @@ public final class PostgresReminderStore: ReminderQueue {
     public let location: String
     /// The connection holding this daemon's node lock (``joinQueue()``), for as long as the store is open.
     private let nodeLock = Mutex<PostgresConnection?>(nil)
+    /// Set by ``close()``: connections failing from then on are expected, not worth a warning.
+    let closing = Mutex(false)
 
     /// The channel on which daemons tell each other that work may be due sooner.
     static let queueChannel = "aftercare_queue"
@@ -58,7 +60,10 @@ public final class PostgresReminderStore: ReminderQueue {
         configuration.options.maximumConnections = settings.connections
         configuration.options.connectTimeout = .seconds(10)
         client = PostgresClient(configuration: configuration, backgroundLogger: self.logger)
-        runner = Task { [client] in await client.run() }
+        // Detached: a task inherits the daemon's graceful-shutdown context, and the client would then
+        // close its pool at SIGTERM while the daemon still records the outcomes of its last sends.
+        // The pool closes when the store does.
+        runner = Task.detached { [client] in await client.run() }
     }
 
     deinit {
@@ -115,6 +120,7 @@ public final class PostgresReminderStore: ReminderQueue {
     /// Closes the node lock's connection and the pool. The pool is given two seconds to hang up its
     /// connections: a daemon stopping must not wait on a server that no longer answers.
     public func close() async {
+        closing.withLock { $0 = true }
         if let connection = nodeLock.withLock({ $0.take() }) { try? await connection.close() }
         runner.cancel()
         await withTaskGroup(of: Void.self) { [runner] group in
