@@ -149,4 +149,40 @@ struct ClinicGroupCLITests {
         #expect(untrusted.status != 0)
         #expect(untrusted.stderr.contains("TLS certificate is not signed by a trusted CA"), "\(untrusted.stderr)")
     }
+
+    @Test("SIGTERM during a slow send: the daemon finishes it and records it on PostgreSQL before it stops")
+    func stopRecordsTheLastSends() async throws {
+        let database = try await PostgresCluster.shared.makeDatabase()
+        let receiver = try Receiver(secret: WebhookEndToEndTests.secret)
+        let secretFile = NSTemporaryDirectory() + "aftercare-secret-" + UUID().uuidString
+        try (WebhookEndToEndTests.secret + "\n").write(toFile: secretFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: secretFile) }
+        let passwordFile = NSTemporaryDirectory() + "aftercare-db-password-" + UUID().uuidString
+        try (database.password + "\n").write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: passwordFile) }
+        let harness = try CLIHarness(
+            channels: "sms = \"gateway\"",
+            extra: """
+                [senders.gateway]
+                kind = "webhook"
+                url = "http://127.0.0.1:\(receiver.port)/slow/2500"
+                allow_insecure_http = true
+                secret_file = "\(secretFile)"
+
+                """ + Self.store(database, node: "north", passwordFile: passwordFile))
+        let daemon = try harness.startDaemon()
+        defer { if daemon.isRunning { Self.stop(daemon) } }
+        #expect(harness.eventually { harness.daemonLog.contains("aftercare ready") }, "\(harness.daemonLog)")
+        #expect(try harness.run(["add", "--procedure", "S-1"] + Self.add).status == 0)
+        // The two 0 h reminders are under way (the receiver answers after 2.5 s) when the stop comes.
+        usleep(800_000)
+        Self.stop(daemon)
+        #expect(daemon.terminationStatus == 0, "\(harness.daemonLog)")
+        let sent = receiver.requests().filter { $0["answered"] as? Int == 204 }
+        #expect(sent.count == 2, "\(receiver.requests())")
+        let states = try harness.run(["show", "S-1"]).stdout
+        #expect(states.components(separatedBy: "delivered").count - 1 >= 2, "both sends recorded as delivered: \(states)")
+        #expect(!states.contains("claimed"), "\(states)\n\(harness.daemonLog)")
+        #expect(!harness.daemonLog.contains("STORE FAILING"), "\(harness.daemonLog)")
+    }
 }
