@@ -111,18 +111,8 @@ struct PostgresIntake {
                 switch request {
                 case .procedure(let procedure, let force):
                     let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
-                    if let existing = try await existing(procedure.id) {
-                        try Self.checkKnownProcedure(existing, id: procedure.id, hash: hash)
-                        counts.duplicates += 1
-                        continue
-                    }
-                    let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
-                    if let problem = PerformedTime.problem(
-                        performedAt: procedure.performedAt, now: now, plan: planned, force: force)
-                    {
-                        throw IntakeError(procedureID: procedure.id, problem: problem)
-                    }
-                    try Self.checkStorable(planned, procedureID: procedure.id)
+                    guard let planned = try await planNew(procedure, force: force, hash: hash, counts: &counts)
+                    else { continue }
                     pending.add(
                         procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "active", plannedAt: nil,
                         reminders: planned)
@@ -288,6 +278,24 @@ struct PostgresIntake {
 
     // MARK: Requests
 
+    /// A new procedure's plan, checked as SQLite's intake checks it; nil (counted as already known)
+    /// when the same procedure is known, and an error when a different one is.
+    private mutating func planNew(
+        _ procedure: Procedure, force: Bool, hash: String, counts: inout IntakeCounts
+    ) async throws -> [PlannedReminder]? {
+        if let existing = try await existing(procedure.id) {
+            try Self.checkKnownProcedure(existing, id: procedure.id, hash: hash)
+            counts.duplicates += 1
+            return nil
+        }
+        let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+        if let problem = PerformedTime.problem(performedAt: procedure.performedAt, now: now, plan: planned, force: force) {
+            throw IntakeError(procedureID: procedure.id, problem: problem)
+        }
+        try Self.checkStorable(planned, procedureID: procedure.id)
+        return planned
+    }
+
     private mutating func apply(
         _ request: IntakeRequest, prepared: IntakeBatchFile.PreparedProcedure?, file: IntakeBatchFile,
         counts: inout IntakeCounts
@@ -295,18 +303,7 @@ struct PostgresIntake {
         switch request {
         case .procedure(let procedure, let force):
             let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
-            if let existing = try await existing(procedure.id) {
-                try Self.checkKnownProcedure(existing, id: procedure.id, hash: hash)
-                counts.duplicates += 1
-                return
-            }
-            let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
-            if let problem = PerformedTime.problem(
-                performedAt: procedure.performedAt, now: now, plan: planned, force: force)
-            {
-                throw IntakeError(procedureID: procedure.id, problem: problem)
-            }
-            try Self.checkStorable(planned, procedureID: procedure.id)
+            guard let planned = try await planNew(procedure, force: force, hash: hash, counts: &counts) else { return }
             guard
                 try await insertProcedure(
                     procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "active", plannedAt: nil,
