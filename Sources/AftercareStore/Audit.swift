@@ -107,21 +107,10 @@ extension ReminderStore {
     /// chain needs a head) and every row from the first one about a procedure that still has a
     /// reminder scheduled or under way, so the story of a patient still in care stays whole.
     public func pruneLog(before: Date, now: Date, actor: String) async throws -> PruneResult {
-        guard before <= now else {
-            throw StoreError(
-                "the cut-off \(Timestamp.format(before, in: .gmt)) is in the future; only rows older than now "
-                    + "(\(Timestamp.format(now, in: .gmt))) can be pruned")
-        }
+        try PruneRules.checkCutoff(before, now: now)
         return try await transaction { db in
             let report = try Self.walkChain(db, anchor: nil)
-            guard case .intact = report.verdict else {
-                if case .broken(let seq, let reason) = report.verdict {
-                    throw StoreError(
-                        "the delivery log is BROKEN at row \(seq) (\(reason)); nothing pruned, since pruning would "
-                            + "hide it. Keep a copy of the database and investigate ('aftercare audit verify')")
-                }
-                return PruneResult(removed: 0, head: nil, keptForPending: nil)
-            }
+            try PruneRules.requireIntact(report.verdict)
             guard
                 let last = try Int64.fetchOne(
                     db, sql: "SELECT MAX(seq) FROM delivery_log WHERE at < ?",
@@ -172,4 +161,24 @@ public struct PruneResult: Sendable, Hashable {
     public var head: LogAnchor?
     /// The first row kept only because its procedure still has a reminder pending, if that held the cut back.
     public var keptForPending: Int64?
+}
+
+/// What a prune refuses, on either engine.
+enum PruneRules {
+    static func checkCutoff(_ before: Date, now: Date) throws {
+        guard before <= now else {
+            throw StoreError(
+                "the cut-off \(Timestamp.format(before, in: .gmt)) is in the future; only rows older than now "
+                    + "(\(Timestamp.format(now, in: .gmt))) can be pruned")
+        }
+    }
+
+    /// A broken chain is never pruned: that would hide where it broke.
+    static func requireIntact(_ verdict: ChainVerdict) throws {
+        if case .broken(let seq, let reason) = verdict {
+            throw StoreError(
+                "the delivery log is BROKEN at row \(seq) (\(reason)); nothing pruned, since pruning would "
+                    + "hide it. Keep a copy of the database and investigate ('aftercare audit verify')")
+        }
+    }
 }

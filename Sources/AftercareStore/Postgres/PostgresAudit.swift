@@ -47,22 +47,11 @@ extension PostgresReminderStore {
     /// ``ReminderStore/pruneLog(before:now:actor:)``. It takes the `log_head` row's lock first and
     /// holds it to the commit, so no other daemon appends between the walk, the cut and the checkpoint.
     public func pruneLog(before: Date, now: Date, actor: String) async throws -> PruneResult {
-        guard before <= now else {
-            throw StoreError(
-                "the cut-off \(Timestamp.format(before, in: .gmt)) is in the future; only rows older than now "
-                    + "(\(Timestamp.format(now, in: .gmt))) can be pruned")
-        }
+        try PruneRules.checkCutoff(before, now: now)
         return try await transaction { connection in
             try await connection.run("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE")
             let report = try await Self.walkChain(connection, anchor: nil)
-            guard case .intact = report.verdict else {
-                if case .broken(let seq, let reason) = report.verdict {
-                    throw StoreError(
-                        "the delivery log is BROKEN at row \(seq) (\(reason)); nothing pruned, since pruning would "
-                            + "hide it. Keep a copy of the database and investigate ('aftercare audit verify')")
-                }
-                return PruneResult(removed: 0, head: nil, keptForPending: nil)
-            }
+            try PruneRules.requireIntact(report.verdict)
             guard
                 let last = try await connection.value(
                     Int64.self, "SELECT MAX(seq) FROM delivery_log WHERE at < \(before.seconds)"),
