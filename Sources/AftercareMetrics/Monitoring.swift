@@ -31,7 +31,8 @@ public struct Monitoring: Sendable {
                 settings: settings, stateDirectory: paths.stateDirectory, registry: registry, metrics: metrics,
                 logger: logger),
             QueueGauges(
-                paths: paths, store: store, credentials: credentials, metrics: metrics, clock: clock, every: .seconds(settings.refreshSeconds),
+                paths: paths, store: store, credentials: credentials, metrics: metrics, clock: clock,
+                every: .seconds(settings.refreshSeconds),
                 logger: logger),
         ]
     }

@@ -40,7 +40,8 @@ struct StoreCommand: AsyncParsableCommand {
         func run() async throws {
             let config = try options.load()
             guard case .sqlite = config.store else {
-                throw CLIError("the configuration already uses PostgreSQL ([store] kind = \"postgres\"): nothing to move")
+                throw CLIError(
+                    "the configuration already uses PostgreSQL ([store] kind = \"postgres\"): nothing to move")
             }
             let settings = try cliCheck { () throws -> PostgresSettings in
                 let parts = try PostgresSettings.parse(url: to)
@@ -75,7 +76,9 @@ struct StoreCommand: AsyncParsableCommand {
             } else {
                 print("the delivery log was empty")
             }
-            print("next: set [store] kind = \"postgres\", url = \"\(settings.url)\" and its password, then start the daemons")
+            print(
+                "next: set [store] kind = \"postgres\", url = \"\(settings.url)\" and its password, "
+                    + "then start the daemons")
         }
     }
 }

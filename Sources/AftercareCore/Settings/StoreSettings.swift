@@ -59,7 +59,9 @@ public struct PostgresSettings: Sendable, Hashable {
 
     /// Parses `postgres://user@host[:port]/database`. A password in the URL is refused: it would
     /// end up in files, process lists and logs.
-    public static func parse(url text: String) throws(SettingsError) -> (host: String, port: Int, user: String, database: String) {
+    public static func parse(url text: String) throws(SettingsError)
+        -> (host: String, port: Int, user: String, database: String)
+    {
         guard let components = URLComponents(string: text), let scheme = components.scheme,
             scheme == "postgres" || scheme == "postgresql"
         else {

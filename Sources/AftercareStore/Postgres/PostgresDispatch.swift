@@ -139,7 +139,8 @@ extension PostgresReminderStore {
     /// A delivery whose lease was lost (see ``ReminderChange/deliveredNote(current:)``): the reminder
     /// becomes delivered unless it had settled otherwise. Returns the note for the attempt row.
     private func deliveredAfterLosingLease(
-        _ reminder: ClaimedReminder, current: ReminderState?, attempts: Int, now: Date, on connection: PostgresConnection
+        _ reminder: ClaimedReminder, current: ReminderState?, attempts: Int, now: Date,
+        on connection: PostgresConnection
     ) async throws -> String? {
         guard let note = ReminderChange.deliveredNote(current: current) else { return nil }
         try await connection.run(
@@ -177,7 +178,8 @@ extension PostgresReminderStore {
             try await connection.run(
                 """
                 INSERT INTO protocol_version (hash, protocol_id, content, first_seen_at)
-                VALUES (\(version.hash), \(version.protocolID), \(PostgresLog.storable(version.content)), \(now.seconds))
+                VALUES (
+                    \(version.hash), \(version.protocolID), \(PostgresLog.storable(version.content)), \(now.seconds))
                 ON CONFLICT (hash) DO NOTHING
                 """)
         }
@@ -217,7 +219,9 @@ extension PostgresReminderStore {
                     detail: detail)
             }
             guard !entries.isEmpty else { return 0 }
-            let ordered = entries.sorted { ($0.procedureID ?? "", $0.stepID ?? "") < ($1.procedureID ?? "", $1.stepID ?? "") }
+            let ordered = entries.sorted {
+                ($0.procedureID ?? "", $0.stepID ?? "") < ($1.procedureID ?? "", $1.stepID ?? "")
+            }
             try await PostgresLog.notifyQueue(on: connection)
             try await PostgresLog.append(ordered, on: connection)
             return entries.count

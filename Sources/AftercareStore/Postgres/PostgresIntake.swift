@@ -289,7 +289,9 @@ struct PostgresIntake {
             return nil
         }
         let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
-        if let problem = PerformedTime.problem(performedAt: procedure.performedAt, now: now, plan: planned, force: force) {
+        if let problem = PerformedTime.problem(
+            performedAt: procedure.performedAt, now: now, plan: planned, force: force)
+        {
             throw IntakeError(procedureID: procedure.id, problem: problem)
         }
         try Self.checkStorable(planned, procedureID: procedure.id)

@@ -51,8 +51,11 @@ extension ReminderStore {
                 page: { after in try await self.read { db in try Self.reminderPage(db, after: after) } },
                 key: { $0.key }, insert: { try await PostgresRows.insert($0, into: "reminder", on: connection) })
             summary.protocolVersions = try await copyPages(
-                page: { after in try await self.read { db in try Self.textPage(db, table: "protocol_version", after: after) } },
-                key: { $0.key }, insert: { try await PostgresRows.insert($0, into: "protocol_version", on: connection) })
+                page: { after in
+                    try await self.read { db in try Self.textPage(db, table: "protocol_version", after: after) }
+                },
+                key: { $0.key },
+                insert: { try await PostgresRows.insert($0, into: "protocol_version", on: connection) })
             summary.messages = try await copyPages(
                 page: { after in try await self.read { db in try Self.textPage(db, table: "message", after: after) } },
                 key: { $0.key }, insert: { try await PostgresRows.insert($0, into: "message", on: connection) })

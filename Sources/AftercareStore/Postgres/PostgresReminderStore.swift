@@ -30,7 +30,9 @@ public final class PostgresReminderStore: ReminderQueue {
     /// Connects (creating and migrating the schema unless `readOnly`). Fails with one line if the
     /// server cannot be reached, refuses the password or the certificate, or holds no aftercare schema
     /// (read-only) or a newer one.
-    public init(settings: PostgresSettings, password: String?, readOnly: Bool = false, logger: Logger? = nil) async throws {
+    public init(
+        settings: PostgresSettings, password: String?, readOnly: Bool = false, logger: Logger? = nil
+    ) async throws {
         self.settings = settings
         self.password = password
         self.logger = logger ?? Logger(label: "aftercare.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -74,6 +76,9 @@ public final class PostgresReminderStore: ReminderQueue {
         }
         runner.cancel()
     }
+
+    /// How far this host's clock may be off the server's before a daemon says so at start.
+    static let clockSkewWarning = 2.0
 
     static func tlsConfiguration(_ settings: PostgresSettings) -> TLSConfiguration? {
         guard settings.tls == .verifyFull else { return nil }
@@ -150,6 +155,18 @@ public final class PostgresReminderStore: ReminderQueue {
                 "another daemon named '\(settings.node)' is running on \(settings.url): give each daemon its own "
                     + "[store] node")
         }
+        // Leases are set and judged by each daemon's own clock: hosts out of step by more than a
+        // few seconds could take each other's live claims. Said in the journal, at every start.
+        if let serverNow = try? await connection.value(
+            Double.self, "SELECT extract(epoch FROM clock_timestamp())::float8")
+        {
+            let skew = Date().timeIntervalSince1970 - serverNow
+            if abs(skew) > Self.clockSkewWarning {
+                let message = "this host's clock is \(String(format: "%+.1f", skew)) s off the database server's: "
+                    + "leases are judged by each daemon's clock, so keep every host in time sync (NTP)"
+                logger.warning("\(message)")
+            }
+        }
         let previous = nodeLock.withLock { held in
             defer { held = connection }
             return held
@@ -179,7 +196,8 @@ public final class PostgresReminderStore: ReminderQueue {
             if let underlying = error.underlying {
                 let text = "\(underlying)"
                 if text.contains("CERTIFICATE_VERIFY_FAILED") {
-                    return "the server's TLS certificate is not signed by a trusted CA (ca_file) or does not name the host"
+                    return "the server's TLS certificate is not signed by a trusted CA (ca_file) "
+                        + "or does not name the host"
                 }
                 return "\(error.code): \(text)"
             }
@@ -195,7 +213,8 @@ public final class PostgresReminderStore: ReminderQueue {
         }
         guard version >= PostgresSchema.version else {
             throw StoreError(
-                "the database is from an older aftercare (schema \(version), this one needs \(PostgresSchema.version)): "
+                "the database is from an older aftercare (schema \(version), this one needs "
+                    + "\(PostgresSchema.version)): "
                     + "restart a daemon to upgrade it")
         }
     }

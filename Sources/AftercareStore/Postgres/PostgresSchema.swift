@@ -18,7 +18,8 @@ enum PostgresSchema {
                 let current = try await connection.value(Int.self, "SELECT version FROM aftercare_schema") ?? 0
                 if current > version {
                     throw StoreError(
-                        "the database holds schema \(current), newer than this aftercare's \(version): upgrade aftercare")
+                        "the database holds schema \(current), newer than this aftercare's \(version): "
+                            + "upgrade aftercare")
                 }
             } else {
                 for statement in statements { try await connection.run(PostgresQuery(unsafeSQL: statement)) }
