@@ -123,12 +123,7 @@ extension ReminderStore {
                     SELECT MIN(seq) FROM delivery_log WHERE procedure_id IN
                         (SELECT procedure_id FROM reminder WHERE state IN ('scheduled', 'claimed'))
                     """)
-            var cut = min(last, head - 1)
-            var keptForPending: Int64?
-            if let pending, pending - 1 < cut {
-                cut = pending - 1
-                keptForPending = pending
-            }
+            let (cut, keptForPending) = PruneRules.cut(last: last, head: head, pending: pending)
             let first = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM delivery_log") ?? 1
             guard cut >= first,
                 let anchor = try String.fetchOne(
@@ -171,6 +166,15 @@ enum PruneRules {
                 "the cut-off \(Timestamp.format(before, in: .gmt)) is in the future; only rows older than now "
                     + "(\(Timestamp.format(now, in: .gmt))) can be pruned")
         }
+    }
+
+    /// The last row to remove: the newest before the cut-off, never the head (the checkpoint chains
+    /// on from it), and nothing from the first row of a procedure with reminders still pending
+    /// (`pending`), which is then returned as kept.
+    static func cut(last: Int64, head: Int64, pending: Int64?) -> (cut: Int64, keptForPending: Int64?) {
+        let cut = min(last, head - 1)
+        if let pending, pending - 1 < cut { return (pending - 1, pending) }
+        return (cut, nil)
     }
 
     /// A broken chain is never pruned: that would hide where it broke.

@@ -334,12 +334,7 @@ struct LogAppender {
     }
 
     private mutating func bind(_ entry: LogEntry, to row: inout FastInsert) {
-        // Times are stored at the microsecond, exactly as the chain hashes them.
-        var entry = entry
-        entry.at = Self.roundMicros(entry.at)!
-        entry.startedAt = Self.roundMicros(entry.startedAt)
-        entry.endedAt = Self.roundMicros(entry.endedAt)
-        entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
+        let entry = Self.asStored(entry)
         let digest = encoder.hash(previous: head, seq: nextSeq, entry)
         head.removeAll(keepingCapacity: true)
         head.append(contentsOf: digest)
@@ -376,6 +371,17 @@ struct LogAppender {
             out.append(hexDigits[Int(byte >> 4)])
             out.append(hexDigits[Int(byte & 0x0F)])
         }
+    }
+
+    /// The entry as both engines store it: times and latency at the microsecond, exactly as the
+    /// chain hashes them.
+    static func asStored(_ entry: LogEntry) -> LogEntry {
+        var entry = entry
+        entry.at = roundMicros(entry.at)!
+        entry.startedAt = roundMicros(entry.startedAt)
+        entry.endedAt = roundMicros(entry.endedAt)
+        entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
+        return entry
     }
 
     static func roundMicros(_ date: Date?) -> Date? {

@@ -181,20 +181,8 @@ extension ReminderStore {
         case .procedure(let procedure, let force):
             let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
-                if existing.status == "booked" || existing.status == "not_performed" {
-                    throw IntakeError(
-                        procedureID: procedure.id,
-                        problem: "is a booked appointment; mark it performed with 'aftercare performed' "
-                            + "(kind \"performed\")"
-                    )
-                }
-                guard existing.hash == hash else {
-                    throw IntakeError(
-                        procedureID: procedure.id,
-                        problem: "already ingested with different details; use 'aftercare reschedule' to correct "
-                            + "its time or zone, or cancel it"
-                    )
-                }
+                try IntakeRules.checkKnownProcedure(
+                    status: existing.status, storedHash: existing.hash, id: procedure.id, hash: hash)
                 counts.duplicates += 1
                 return
             }
@@ -224,16 +212,8 @@ extension ReminderStore {
         case .book(let procedure):
             let hash = prepared?.hash ?? contentHash(procedure)
             if let existing = try existingProcedure(procedure.id, db: db) {
-                // The same booking again (resent, even after it was moved or performed) is known.
-                guard existing.hash == hash else {
-                    throw IntakeError(
-                        procedureID: procedure.id,
-                        problem: existing.status == "booked"
-                            ? "already booked with different details; use 'aftercare move' to change its time, "
-                                + "or cancel it"
-                            : "already known (\(existing.status)); book it under a new procedure id"
-                    )
-                }
+                try IntakeRules.checkKnownBooking(
+                    status: existing.status, storedHash: existing.hash, id: procedure.id, hash: hash)
                 counts.duplicates += 1
                 return
             }
@@ -255,12 +235,7 @@ extension ReminderStore {
         case .move(let procedureID, let plannedAt, let timeZone):
             var procedure = try loadProcedure(procedureID, db: db)
             let status = try procedureStatus(procedureID, db: db)
-            guard status == "booked" else {
-                throw IntakeError(
-                    procedureID: procedureID,
-                    problem: "is \(status), not a booked appointment"
-                        + (status == "active" ? "; use 'aftercare reschedule' to correct a performed time" : ""))
-            }
+            try IntakeRules.requireBooked(status, procedureID: procedureID)
             let oldZone = procedure.patientTimeZone
             let old = procedure.performedAt
             procedure.performedAt = plannedAt
@@ -302,9 +277,7 @@ extension ReminderStore {
                 counts.duplicates += 1
                 return
             }
-            guard status == "booked" || status == "not_performed" else {
-                throw IntakeError(procedureID: procedureID, problem: "is \(status), not a booked appointment")
-            }
+            try IntakeRules.requirePerformable(status, procedureID: procedureID)
             procedure.performedAt = at ?? now
             let planned = try planOrThrow(procedure, now: now, plan: plan)
             if let problem = PerformedTime.problem(
@@ -784,3 +757,51 @@ extension ReminderStore {
 /// Text bound as its exact bytes, for SQL that casts it back with `CAST(? AS TEXT)`: GRDB binds a
 /// `String` as a C string, which would end an id at its first NUL and match a different row.
 func exact(_ text: String) -> Data { Data(text.utf8) }
+
+/// The refusals both engines' intake make, word for word.
+enum IntakeRules {
+    /// A procedure whose id is already stored: the same one again is known; a booking or a
+    /// different one is refused.
+    static func checkKnownProcedure(status: String, storedHash: String, id: String, hash: String) throws {
+        if status == "booked" || status == "not_performed" {
+            throw IntakeError(
+                procedureID: id,
+                problem: "is a booked appointment; mark it performed with 'aftercare performed' (kind \"performed\")")
+        }
+        guard storedHash == hash else {
+            throw IntakeError(
+                procedureID: id,
+                problem: "already ingested with different details; use 'aftercare reschedule' to correct "
+                    + "its time or zone, or cancel it")
+        }
+    }
+
+    /// A booking for an id already stored: the same booking again (resent, even after it was moved or
+    /// performed) is known.
+    static func checkKnownBooking(status: String, storedHash: String, id: String, hash: String) throws {
+        guard storedHash == hash else {
+            throw IntakeError(
+                procedureID: id,
+                problem: status == "booked"
+                    ? "already booked with different details; use 'aftercare move' to change its time, or cancel it"
+                    : "already known (\(status)); book it under a new procedure id")
+        }
+    }
+
+    /// Only a booked appointment is moved.
+    static func requireBooked(_ status: String, procedureID: String) throws {
+        guard status == "booked" else {
+            throw IntakeError(
+                procedureID: procedureID,
+                problem: "is \(status), not a booked appointment"
+                    + (status == "active" ? "; use 'aftercare reschedule' to correct a performed time" : ""))
+        }
+    }
+
+    /// Only a booked appointment (or one closed as not performed) is marked performed.
+    static func requirePerformable(_ status: String, procedureID: String) throws {
+        guard status == "booked" || status == "not_performed" else {
+            throw IntakeError(procedureID: procedureID, problem: "is \(status), not a booked appointment")
+        }
+    }
+}

@@ -31,21 +31,26 @@ public enum StoreOpener {
         for settings: PostgresSettings, credentials: String? = nil,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> String? {
-        let file: String
+        var source: CredentialSource
         if let path = settings.passwordFile {
-            file = path
+            source = .file(path: path)
         } else if let credential = settings.passwordCredential {
-            if environment["CREDENTIALS_DIRECTORY"] ?? "" == "", let credentials, credential.hasPrefix("aftercare_") {
-                return try read(credentials + "/" + credential.dropFirst("aftercare_".count))
-            }
+            source = .credential(name: credential)
+        } else {
+            return nil
+        }
+        if let credentials { source = source.outsideSystemd(credentialsFolder: credentials, environment: environment) }
+        let file: String
+        switch source {
+        case .file(let path):
+            file = path
+        case .credential(let credential):
             guard let folder = environment["CREDENTIALS_DIRECTORY"], !folder.isEmpty else {
                 throw StoreError(
                     "password_credential = \"\(credential)\" needs the unit's LoadCredential=\(credential):<file> "
                         + "(CREDENTIALS_DIRECTORY is not set)")
             }
             file = folder + "/" + credential
-        } else {
-            return nil
         }
         return try read(file)
     }

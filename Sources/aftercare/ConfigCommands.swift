@@ -19,11 +19,7 @@ struct ConfigCommand: AsyncParsableCommand {
         /// `aftercare_<file>` (what the unit's `LoadCredential=aftercare:…/credentials` provides) is
         /// read from `credentials/<file>` beside the configuration instead.
         static func outsideSystemd(_ source: CredentialSource, config: AftercareConfiguration) -> CredentialSource {
-            guard case .credential(let name) = source, ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"] == nil,
-                name.hasPrefix("aftercare_")
-            else { return source }
-            let folder = URL(fileURLWithPath: config.file).deletingLastPathComponent().appendingPathComponent("credentials")
-            return .file(path: folder.appendingPathComponent(String(name.dropFirst("aftercare_".count))).path)
+            source.outsideSystemd(credentialsFolder: config.credentialsFolder)
         }
 
         func run() async throws {

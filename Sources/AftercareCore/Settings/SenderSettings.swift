@@ -16,6 +16,20 @@ public enum CredentialSource: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+extension CredentialSource {
+    /// Where a command run outside systemd (no `$CREDENTIALS_DIRECTORY`) reads this: a credential
+    /// named `aftercare_<file>`, which the unit's `LoadCredential=aftercare:…/credentials` provides,
+    /// is the file `<credentialsFolder>/<file>`; anything else is read as it is.
+    public func outsideSystemd(
+        credentialsFolder: String, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> CredentialSource {
+        guard case .credential(let name) = self, environment["CREDENTIALS_DIRECTORY"] ?? "" == "",
+            name.hasPrefix("aftercare_")
+        else { return self }
+        return .file(path: credentialsFolder + "/" + name.dropFirst("aftercare_".count))
+    }
+}
+
 /// Timeouts and TLS settings every network sender shares.
 public struct TransportSettings: Sendable, Hashable {
     /// Seconds to establish the connection (TCP and TLS).

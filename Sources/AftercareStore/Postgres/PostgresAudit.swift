@@ -63,12 +63,7 @@ extension PostgresReminderStore {
                 SELECT MIN(seq) FROM delivery_log WHERE procedure_id IN
                     (SELECT procedure_id FROM reminder WHERE state IN ('scheduled', 'claimed'))
                 """)
-            var cut = min(last, head - 1)
-            var keptForPending: Int64?
-            if let pending, pending - 1 < cut {
-                cut = pending - 1
-                keptForPending = pending
-            }
+            let (cut, keptForPending) = PruneRules.cut(last: last, head: head, pending: pending)
             let first = try await connection.value(Int64.self, "SELECT MIN(seq) FROM delivery_log") ?? 1
             guard cut >= first,
                 let anchor = try await connection.value(

@@ -121,12 +121,7 @@ struct PostgresIntake {
                     logIngested(procedure, planned, force: force, file: file, counts: &counts)
                 case .book(let procedure):
                     let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
-                    if let existing = try await existing(procedure.id) {
-                        try Self.checkKnownBooking(existing, id: procedure.id, hash: hash)
-                        counts.duplicates += 1
-                        continue
-                    }
-                    _ = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+                    guard try await checkNewBooking(procedure, hash: hash, counts: &counts) else { continue }
                     pending.add(
                         procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "booked",
                         plannedAt: procedure.performedAt, reminders: [])
@@ -278,6 +273,21 @@ struct PostgresIntake {
 
     // MARK: Requests
 
+    /// Whether a booking is new (true) or the same booking again (false, counted as already known);
+    /// a different one under its id is refused, and so is one that could never be planned (checked
+    /// now, while staff are there).
+    private mutating func checkNewBooking(
+        _ procedure: Procedure, hash: String, counts: inout IntakeCounts
+    ) async throws -> Bool {
+        if let existing = try await existing(procedure.id) {
+            try Self.checkKnownBooking(existing, id: procedure.id, hash: hash)
+            counts.duplicates += 1
+            return false
+        }
+        _ = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+        return true
+    }
+
     /// A new procedure's plan, checked as SQLite's intake checks it; nil (counted as already known)
     /// when the same procedure is known, and an error when a different one is.
     private mutating func planNew(
@@ -322,13 +332,7 @@ struct PostgresIntake {
 
         case .book(let procedure):
             let hash = prepared?.hash ?? ReminderStore.contentHash(procedure)
-            if let existing = try await existing(procedure.id) {
-                try Self.checkKnownBooking(existing, id: procedure.id, hash: hash)
-                counts.duplicates += 1
-                return
-            }
-            // Checked now so a booking that could never be planned is refused while staff are there.
-            _ = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
+            guard try await checkNewBooking(procedure, hash: hash, counts: &counts) else { return }
             guard
                 try await insertProcedure(
                     procedure, hash: hash, patientJSON: prepared?.patientJSON, status: "booked",
@@ -344,12 +348,7 @@ struct PostgresIntake {
         case .move(let procedureID, let plannedAt, let timeZone):
             let (stored, status, _) = try await loadProcedure(procedureID)
             var procedure = stored
-            guard status == "booked" else {
-                throw IntakeError(
-                    procedureID: procedureID,
-                    problem: "is \(status), not a booked appointment"
-                        + (status == "active" ? "; use 'aftercare reschedule' to correct a performed time" : ""))
-            }
+            try IntakeRules.requireBooked(status, procedureID: procedureID)
             let oldZone = procedure.patientTimeZone
             let old = procedure.performedAt
             procedure.performedAt = plannedAt
@@ -379,9 +378,7 @@ struct PostgresIntake {
                 counts.duplicates += 1
                 return
             }
-            guard status == "booked" || status == "not_performed" else {
-                throw IntakeError(procedureID: procedureID, problem: "is \(status), not a booked appointment")
-            }
+            try IntakeRules.requirePerformable(status, procedureID: procedureID)
             procedure.performedAt = at ?? now
             let planned = try ReminderStore.planOrThrow(procedure, now: now, plan: plan)
             if let problem = PerformedTime.problem(
@@ -701,32 +698,12 @@ struct PostgresIntake {
         }.first
     }
 
-    /// A procedure request for an id already stored: the same procedure again is known; anything
-    /// else is refused as SQLite's store refuses it.
     private static func checkKnownProcedure(_ existing: Existing, id: String, hash: String) throws {
-        if existing.status == "booked" || existing.status == "not_performed" {
-            throw IntakeError(
-                procedureID: id,
-                problem: "is a booked appointment; mark it performed with 'aftercare performed' (kind \"performed\")")
-        }
-        guard existing.hash == hash else {
-            throw IntakeError(
-                procedureID: id,
-                problem: "already ingested with different details; use 'aftercare reschedule' to correct "
-                    + "its time or zone, or cancel it")
-        }
+        try IntakeRules.checkKnownProcedure(status: existing.status, storedHash: existing.hash, id: id, hash: hash)
     }
 
-    /// A booking for an id already stored: the same booking again (resent, even after it was moved or
-    /// performed) is known.
     private static func checkKnownBooking(_ existing: Existing, id: String, hash: String) throws {
-        guard existing.hash == hash else {
-            throw IntakeError(
-                procedureID: id,
-                problem: existing.status == "booked"
-                    ? "already booked with different details; use 'aftercare move' to change its time, or cancel it"
-                    : "already known (\(existing.status)); book it under a new procedure id")
-        }
+        try IntakeRules.checkKnownBooking(status: existing.status, storedHash: existing.hash, id: id, hash: hash)
     }
 
     /// A procedure, its status and its planned time, locked until the transaction ends (another

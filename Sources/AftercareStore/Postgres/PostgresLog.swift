@@ -1,3 +1,4 @@
+import AftercareCore
 import Foundation
 import PostgresNIO
 
@@ -19,23 +20,22 @@ enum PostgresLog {
         let head = try await connection.rows("SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE") {
             try $0.decode((Int64, String).self)
         }
-        guard var (seq, previous) = head.first else { throw StoreError("the log's head row is missing") }
+        guard var (seq, headHash) = head.first else { throw StoreError("the log's head row is missing") }
+        // Hashed as SQLite's appender does: one encoder, the previous hash kept as bytes.
+        var encoder = LogRowEncoder()
+        var previous = [UInt8](Data(hexString: headHash) ?? Data(count: 32))
         var records: [LogRecord] = []
         records.reserveCapacity(entries.count)
         for var entry in entries {
             storable(&entry)
-            // Times at the microsecond and latency at the microsecond too, as SQLite stores them and
-            // the chain hashes them, so both engines hold the same values.
-            entry.at = LogAppender.roundMicros(entry.at)!
-            entry.startedAt = LogAppender.roundMicros(entry.startedAt)
-            entry.endedAt = LogAppender.roundMicros(entry.endedAt)
-            entry.latencyMilliseconds = entry.latencyMilliseconds.map { ($0 * 1000).rounded() / 1000 }
+            entry = LogAppender.asStored(entry)
             seq += 1
-            previous = LogChain.hash(previous: previous, seq: seq, entry)
-            records.append(LogRecord(seq: seq, entry: entry, hash: previous))
+            previous = Array(encoder.hash(previous: previous, seq: seq, entry))
+            headHash = Hex.encode(previous)
+            records.append(LogRecord(seq: seq, entry: entry, hash: headHash))
         }
         try await insert(records, on: connection)
-        try await connection.run("UPDATE log_head SET seq = \(seq), hash = \(previous) WHERE id = 1")
+        try await connection.run("UPDATE log_head SET seq = \(seq), hash = \(headHash) WHERE id = 1")
     }
 
     /// PostgreSQL text cannot hold a NUL byte. Every way in already refuses or escapes control
